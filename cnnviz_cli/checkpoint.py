@@ -1,0 +1,117 @@
+"""Checkpoints as safetensors: weights plus text metadata from which the model is rebuilt.
+
+Nothing in a checkpoint is ever executed: the metadata is JSON text parsed into a known config class,
+and the tensors are plain arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cnnviz_cli.config import PREPROCESSING, ModelConfig
+from cnnviz_cli.errors import ArtifactError
+from cnnviz_cli.store import Run, atomic_write, sha256_file
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnviz_cli.model import Net
+
+FORMAT = "cnnviz-checkpoint/1"
+MODEL_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint says about itself."""
+
+    path: Path
+    sha256: str
+    model_config: ModelConfig
+    dataset: str
+    classes: tuple[str, ...]
+    epoch: int
+    run_id: str
+    preprocessing: dict
+
+
+def save_checkpoint(
+    path: Path, model: Net, *, dataset: str, classes: tuple[str, ...], epoch: int, run_id: str
+) -> Path:
+    from safetensors.torch import save_file
+
+    metadata = {
+        "format": FORMAT,
+        "model_config": model.config.to_json(),
+        "dataset": dataset,
+        "classes": json.dumps(list(classes)),
+        "preprocessing": json.dumps(PREPROCESSING),
+        "epoch": str(epoch),
+        "run_id": run_id,
+    }
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
+
+
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, or an ArtifactError for a damaged one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} does not exist.") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise ArtifactError(
+            f"{path} is not a valid safetensors file ({type(exc).__name__}: {exc}).",
+            "It is corrupt or truncated; train a new run.",
+        ) from None
+    return tensors, metadata
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Net, Checkpoint]:
+    """Rebuild the model a checkpoint describes and load its weights (strictly)."""
+    from cnnviz_cli.model import Net
+
+    tensors, metadata = read_tensors(path)
+    if metadata.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not a cnnviz checkpoint (format {metadata.get('format')!r}).")
+    try:
+        config = ModelConfig.from_json(metadata["model_config"])
+        info = Checkpoint(
+            path=Path(path),
+            sha256=sha256_file(path),
+            model_config=config,
+            dataset=metadata["dataset"],
+            classes=tuple(json.loads(metadata["classes"])),
+            epoch=int(metadata["epoch"]),
+            run_id=metadata["run_id"],
+            preprocessing=json.loads(metadata["preprocessing"]),
+        )
+    except (KeyError, ValueError) as exc:
+        raise ArtifactError(f"The metadata of {path} is incomplete or invalid ({exc}).") from None
+    model = Net(config)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ArtifactError(f"The weights in {path} do not fit the architecture it describes: {first}") from None
+    model.to(device).eval()
+    return model, info
+
+
+def load_run_model(run: Run, device: str | torch.device = "cpu", relpath: str = MODEL_FILE) -> tuple[Net, Checkpoint]:
+    """The run's model, after checking the checkpoint's sha256 against the manifest."""
+    return load_checkpoint(run.verified_file(relpath), device)

@@ -1,0 +1,100 @@
+"""The Typer application: global options, command registration, and the one error boundary.
+
+Commands live in ``cnnviz_cli/commands/`` (one module per command, each exposing ``COMMAND`` and
+``main``); their docstrings are the ``--help`` text. Heavy libraries are imported inside the
+commands, so ``cnnviz --help`` and ``cnnviz runs`` stay instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.26 vendors click
+    from typer._click import Context
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on click
+    from click import Context
+    from click import exceptions as click_exceptions
+
+from cnnviz_cli import __version__
+from cnnviz_cli.errors import EXIT_USAGE, CnnvizError
+
+# Order of the commands in `cnnviz --help`.
+COMMANDS = (
+    "train",
+    "runs",
+)
+
+
+class CnnvizGroup(TyperGroup):
+    """Turns a CnnvizError or a bad option into one message on stderr and its exit code."""
+
+    def invoke(self, ctx: Context):
+        from cnnviz_cli import console
+
+        try:
+            return super().invoke(ctx)
+        except CnnvizError as exc:
+            if console.debug_enabled():
+                raise
+            console.error(str(exc))
+            ctx.exit(exc.exit_code)
+        except click_exceptions.UsageError as exc:
+            if isinstance(exc, click_exceptions.NoArgsIsHelpError):
+                raise
+            where = exc.ctx.command_path if exc.ctx is not None else "cnnviz"
+            console.error(f"{exc.format_message()} (see '{where} --help')")
+            ctx.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            console.error("interrupted.")
+            ctx.exit(130)
+
+
+app = typer.Typer(
+    cls=CnnvizGroup,
+    name="cnnviz",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cnnviz {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(
+        False, "--debug", help="Show full tracebacks instead of one-line error messages.", envvar="CNNVIZ_DEBUG"
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """cnnviz: train a small CNN on MNIST-like images, then look inside it.
+
+    Every training creates a run folder in the artifact store (./artifacts); the other commands
+    read the latest complete run, or the one given with --run, and write their pictures into it.
+    """
+    if debug:
+        os.environ["CNNVIZ_DEBUG"] = "1"
+
+
+for _name in COMMANDS:
+    _module = importlib.import_module(f"cnnviz_cli.commands.{_name}")
+    app.command(name=_module.COMMAND)(_module.main)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="cnnviz")
+    sys.exit(0)

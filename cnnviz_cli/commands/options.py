@@ -1,0 +1,68 @@
+"""Options shared by several commands, so that they read and behave the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ArtifactsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--artifacts",
+        envvar="CNNVIZ_ARTIFACTS",
+        help="Artifact store folder. [default: ./artifacts]",
+        show_default=False,
+        file_okay=False,
+    ),
+]
+RunOpt = Annotated[
+    str | None,
+    typer.Option("--run", help="Run id (see `cnnviz runs`). [default: the latest complete run]", show_default=False),
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print exactly one JSON document on stdout; human output goes to stderr."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors are still shown.")]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        help="mnist or fashion-mnist. [default: the dataset the run was trained on]",
+        show_default=False,
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="CNNVIZ_DATA_DIR",
+        help="Folder with the IDX files (.gz or raw; flat, or torchvision's MNIST/raw layout).",
+        show_default=False,
+    ),
+]
+OfflineOpt = Annotated[
+    bool, typer.Option("--offline", help="Never download: use --data-dir or the system copy only.")
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto, cpu, cuda or mps (auto picks a GPU when there is one).")
+]
+SplitOpt = Annotated[str, typer.Option("--split", help="Which images: test, val or train.")]
+LayerOpt = Annotated[
+    list[str] | None,
+    typer.Option("--layer", "-l", help="Conv layer name such as conv1 (repeatable). [default: every conv layer]",
+                 show_default=False),
+]
+ImageOpt = Annotated[
+    str,
+    typer.Option(
+        "--image",
+        "-i",
+        help="Index into the split (e.g. 7) or the path of your own PNG/JPEG picture.",
+    ),
+]
+InvertOpt = Annotated[
+    bool, typer.Option("--invert", help="Invert your picture (for dark strokes on a light background).")
+]

@@ -1,0 +1,117 @@
+"""Frozen configuration dataclasses and their round-trip through text metadata."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from cnnviz_cli.errors import ArtifactError, UsageError
+
+DATASETS = ("mnist", "fashion-mnist")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16")
+KEEP_CHECKPOINTS = ("all", "last")
+
+# The tutorial feeds ToTensor() output to the network: pixels / 255, no mean/std normalisation.
+PREPROCESSING = {"scale": "1/255", "range": "[0, 1]", "mean": 0.0, "std": 1.0, "layout": "NCHW float32"}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the CNN: conv blocks (conv -> ReLU -> max-pool 2) then one linear layer."""
+
+    in_channels: int = 1
+    channels: tuple[int, ...] = (16, 32)
+    kernel_size: int = 5
+    num_classes: int = 10
+    image_size: int = 28
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if not self.channels or min(self.channels) < 1:
+            raise UsageError("The model needs at least one conv layer with a positive channel count.")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise UsageError(f"Kernel size must be a positive odd number, got {self.kernel_size}.")
+        if self.image_size % (2 ** len(self.channels)):
+            raise UsageError(
+                f"Image size {self.image_size} cannot be pooled {len(self.channels)} times by 2."
+            )
+
+    @property
+    def padding(self) -> int:
+        return self.kernel_size // 2
+
+    @property
+    def conv_names(self) -> tuple[str, ...]:
+        return tuple(f"conv{i + 1}" for i in range(len(self.channels)))
+
+    @property
+    def feature_size(self) -> int:
+        return self.image_size // (2 ** len(self.channels))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        try:
+            raw = json.loads(text)
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in raw.items() if k in known})
+        except (ValueError, TypeError) as exc:
+            raise ArtifactError(f"The checkpoint's model description is not valid: {exc}.") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run; recorded in the manifest."""
+
+    dataset: str = "mnist"
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    val_fraction: float = 0.2
+    limit: int | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    keep_checkpoints: str = "all"
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise UsageError(f"Unknown dataset '{self.dataset}'.", f"Choose one of: {', '.join(DATASETS)}.")
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {self.epochs}.")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be a positive number, got {self.lr}.")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UsageError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}.")
+        if self.limit is not None and self.limit < 2:
+            raise UsageError(f"--limit must be at least 2 (one training and one validation image), got {self.limit}.")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be zero or positive, got {self.seed}.")
+        if self.device not in DEVICES:
+            raise UsageError(f"Unknown device '{self.device}'.", f"Choose one of: {', '.join(DEVICES)}.")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"Unknown precision '{self.precision}'.", f"Choose one of: {', '.join(PRECISIONS)}.")
+        if self.keep_checkpoints not in KEEP_CHECKPOINTS:
+            raise UsageError(
+                f"Unknown --keep-checkpoints value '{self.keep_checkpoints}'.",
+                f"Choose one of: {', '.join(KEEP_CHECKPOINTS)}.",
+            )
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["model"] = asdict(self.model)
+        data["model"]["channels"] = list(self.model.channels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["model"] = ModelConfig(**data.get("model", {}))
+        return cls(**values)

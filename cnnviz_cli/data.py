@@ -1,0 +1,241 @@
+"""Datasets: finding the IDX files, decoding them once with torchvision's readers, caching, splitting.
+
+Where files come from, in order: ``--data-dir`` / ``CNNVIZ_DATA_DIR``; the system copy of Debian's
+``dataset-fashion-mnist`` package; torchvision's download into the cache folder (not with ``--offline``).
+Each split is decoded once into a uint8 tensor and cached as safetensors keyed by the sha256 of its
+source files, so later commands skip decompression.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cnnviz_cli.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+CLASS_NAMES = {
+    "mnist": tuple(str(d) for d in range(10)),
+    "fashion-mnist": (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ),
+}
+TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+SYSTEM_DIRS = {"fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),), "mnist": ()}
+FILE_STEMS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+SPLITS = ("train", "val", "test")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("CNNVIZ_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cnnviz"
+    )
+    return Path(base)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset held in memory: images (N, H, W) uint8 and labels (N,) int64."""
+
+    dataset: str
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return CLASS_NAMES[self.dataset]
+
+
+def check_dataset(dataset: str) -> str:
+    if dataset not in CLASS_NAMES:
+        raise UsageError(f"Unknown dataset '{dataset}'.", f"Choose one of: {', '.join(CLASS_NAMES)}.")
+    return dataset
+
+
+def candidate_dirs(dataset: str, data_dir: Path | None) -> list[Path]:
+    """Folders that may hold the IDX files, in the order they are tried."""
+    tv_name = TORCHVISION_CLASS[dataset]
+    dirs: list[Path] = []
+    if data_dir is not None:
+        dirs += [data_dir, data_dir / tv_name / "raw", data_dir / dataset, data_dir / dataset / "raw"]
+    dirs += list(SYSTEM_DIRS[dataset])
+    dirs.append(cache_dir() / "downloads" / tv_name / "raw")
+    return dirs
+
+
+def _find_in(directory: Path, stems: tuple[str, str]) -> tuple[Path, Path] | None:
+    found = []
+    for stem in stems:
+        for name in (stem, stem + ".gz"):
+            if (directory / name).is_file():
+                found.append(directory / name)
+                break
+        else:
+            return None
+    return found[0], found[1]
+
+
+def locate(dataset: str, split: str, data_dir: Path | None, offline: bool) -> tuple[Path, Path]:
+    """The (images, labels) files of ``split`` ('train' or 'test'), downloading them if allowed."""
+    check_dataset(dataset)
+    if data_dir is not None and not data_dir.is_dir():
+        raise DataError(f"--data-dir {data_dir} is not a folder.", "Point it at the folder that holds the IDX files.")
+    stems = FILE_STEMS[split]
+    dirs = candidate_dirs(dataset, data_dir)
+    for directory in dirs:
+        found = _find_in(directory, stems)
+        if found:
+            return found
+    if not offline:
+        _download(dataset)
+        found = _find_in(dirs[-1], stems)
+        if found:
+            return found
+    looked = ", ".join(str(d) for d in dirs if d.parent.exists() or d == data_dir) or str(dirs[-1])
+    fix = (
+        "install Debian's dataset-fashion-mnist package or pass --data-dir"
+        if dataset == "fashion-mnist"
+        else "pass --data-dir DIR (a folder with the MNIST IDX files)"
+    )
+    how = "download was not tried (--offline)" if offline else "the download failed"
+    raise DataError(
+        f"Cannot find the {dataset} {split} files ({stems[0]}[.gz]); looked in {looked}, and {how}.",
+        f"To fix: {fix}, or set CNNVIZ_DATA_DIR.",
+    )
+
+
+def _download(dataset: str) -> None:
+    import torchvision.datasets as tvd
+
+    root = cache_dir() / "downloads"
+    try:
+        getattr(tvd, TORCHVISION_CLASS[dataset])(str(root), train=True, download=True)
+        getattr(tvd, TORCHVISION_CLASS[dataset])(str(root), train=False, download=True)
+    except Exception:  # noqa: BLE001 - any network or integrity failure means "not available"
+        return
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _decode(path: Path, reader_name: str) -> torch.Tensor:
+    """Decode one IDX file with torchvision's reader (it wants an uncompressed file)."""
+    from torchvision.datasets import mnist as tv_mnist
+
+    reader = getattr(tv_mnist, reader_name)
+    raw = path
+    tmp = None
+    try:
+        if path.suffix == ".gz":
+            tmp_dir = cache_dir() / "tmp"
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            tmp = tmp_dir / f"{path.stem}.{os.getpid()}-{secrets.token_hex(4)}"
+            with gzip.open(path, "rb") as src:
+                tmp.write_bytes(src.read())
+            raw = tmp
+        return reader(str(raw))
+    except (OSError, EOFError, ValueError, TypeError, RuntimeError) as exc:
+        raise DataError(f"{path} is not a readable IDX file: {exc}.", "Replace it with an intact copy.") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def load_raw_split(dataset: str, split: str, data_dir: Path | None = None, offline: bool = False) -> Split:
+    """The whole 'train' or 'test' split as uint8 images and int64 labels, from the cache when possible."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from cnnviz_cli.store import atomic_write
+
+    images_path, labels_path = locate(dataset, split, data_dir, offline)
+    key = hashlib.sha256((_sha256(images_path) + _sha256(labels_path)).encode()).hexdigest()[:24]
+    cached = cache_dir() / "decoded" / f"{dataset}-{split}-{key}.safetensors"
+    source = f"{images_path}"
+    if cached.is_file():
+        try:
+            tensors = load_file(str(cached))
+            return Split(dataset, split, tensors["images"], tensors["labels"], source)
+        except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt below
+            cached.unlink(missing_ok=True)
+    images = _decode(images_path, "read_image_file")
+    labels = _decode(labels_path, "read_label_file")
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{images_path} holds {images.shape[0]} images but {labels_path} holds {labels.shape[0]} labels.",
+            "Use matching image and label files.",
+        )
+    if int(labels.max()) >= len(CLASS_NAMES[dataset]) or int(labels.min()) < 0:
+        raise DataError(f"{labels_path} holds labels outside 0-9.", "Use the dataset's own label file.")
+    images = images.contiguous()
+    labels = labels.to(torch.int64).contiguous()
+    try:
+        atomic_write(cached, lambda tmp: save_file({"images": images, "labels": labels}, str(tmp)))
+    except OSError:
+        pass  # the cache is an optimisation; an unwritable cache folder only costs time
+    return Split(dataset, split, images, labels, source)
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A reproducible random train/validation partition of ``range(n)``, like the tutorial's random_split."""
+    import torch
+
+    n_val = int(round(n * val_fraction))
+    n_val = min(max(n_val, 1), n - 1)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    return order[n_val:], order[:n_val]
+
+
+def load_split(
+    dataset: str,
+    split: str,
+    data_dir: Path | None = None,
+    offline: bool = False,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    limit: int | None = None,
+) -> Split:
+    """One of 'train', 'val' (both carved from the training files as a run made them) or 'test'."""
+    if split not in SPLITS:
+        raise UsageError(f"Unknown split '{split}'.", f"Choose one of: {', '.join(SPLITS)}.")
+    if split == "test":
+        return load_raw_split(dataset, "test", data_dir, offline)
+    full = load_raw_split(dataset, "train", data_dir, offline)
+    images, labels = full.images, full.labels
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    if len(labels) < 2:
+        raise DataError(f"The {dataset} training files hold fewer than 2 images.")
+    train_idx, val_idx = split_indices(len(labels), val_fraction, seed)
+    idx = train_idx if split == "train" else val_idx
+    return Split(dataset, split, images[idx].contiguous(), labels[idx].contiguous(), full.source)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W) -> float32 (N, 1, H, W) in [0, 1], the tutorial's ToTensor() scaling."""
+    import torch
+
+    return images.unsqueeze(1).to(torch.float32).div_(255.0)

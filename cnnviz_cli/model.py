@@ -1,0 +1,44 @@
+"""The tutorial's CNN, built from a ModelConfig, with stable layer names.
+
+Each block ``i`` is ``conv{i}`` -> ``relu{i}`` -> ``pool{i}``; the classifier is ``fc``. Other commands
+address layers by these names (``--layer conv2``) and hook the three stages of a block separately.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnviz_cli.config import ModelConfig
+
+STAGES = ("conv", "relu", "pool")
+
+
+class Net(nn.Module):
+    """conv -> ReLU -> max-pool 2 blocks, then one linear layer to the class scores."""
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config or ModelConfig()
+        in_ch = self.config.in_channels
+        for i, out_ch in enumerate(self.config.channels, start=1):
+            conv = nn.Conv2d(in_ch, out_ch, self.config.kernel_size, padding=self.config.padding)
+            self.add_module(f"conv{i}", conv)
+            self.add_module(f"relu{i}", nn.ReLU())
+            self.add_module(f"pool{i}", nn.MaxPool2d(2))
+            in_ch = out_ch
+        self.fc = nn.Linear(in_ch * self.config.feature_size**2, self.config.num_classes)
+
+    @property
+    def conv_names(self) -> tuple[str, ...]:
+        return self.config.conv_names
+
+    def block(self, layer: str) -> dict[str, nn.Module]:
+        """The conv, relu and pool modules of conv layer ``layer`` (e.g. 'conv2')."""
+        index = layer.removeprefix("conv")
+        return {stage: getattr(self, f"{stage}{index}") for stage in STAGES}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, len(self.config.channels) + 1):
+            x = getattr(self, f"pool{i}")(getattr(self, f"relu{i}")(getattr(self, f"conv{i}")(x)))
+        return self.fc(x.flatten(1))

@@ -1,0 +1,379 @@
+"""The versioned artifact store: run folders, manifests, atomic writes and output transactions.
+
+Layout::
+
+    <root>/<run id>/manifest.json        written last, always atomically
+    <root>/<run id>/model.safetensors    final weights
+    <root>/<run id>/checkpoints/...      one checkpoint per finished epoch
+    <root>/<run id>/<section>/...        outputs of later commands (evaluation/, filters/, ...)
+
+Every file a run lists in its manifest carries its sha256. A run is "complete" only after all its
+training files are in place; "latest" means the newest complete run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cnnviz_cli.errors import ArtifactError, StoreWriteError, UsageError
+
+MANIFEST = "manifest.json"
+LOCK = ".manifest.lock"
+SCHEMA = 1
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+STATUSES = ("running", "complete", "interrupted", "failed")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Let ``write`` fill a temporary file beside ``path``, fsync it, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_json(path: Path, data: object) -> Path:
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return atomic_write_bytes(path, text.encode())
+
+
+def validate_run_id(run_id: str) -> str:
+    if run_id in (".", "..") or not RUN_ID_RE.match(run_id or ""):
+        raise UsageError(
+            f"'{run_id}' is not a valid run id.",
+            "Run ids are letters, digits, '.', '_' and '-' (see `cnnviz runs`).",
+        )
+    return run_id
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Run:
+    """One run folder in the store."""
+
+    store: Store
+    id: str
+
+    @property
+    def dir(self) -> Path:
+        return self.store.root / self.id
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / MANIFEST
+
+    def manifest(self) -> dict:
+        try:
+            data = json.loads(self.manifest_path.read_text())
+        except FileNotFoundError:
+            raise ArtifactError(
+                f"Run '{self.id}' has no manifest ({self.manifest_path}).",
+                "It was not created by cnnviz or was damaged; train a new run.",
+            ) from None
+        except (ValueError, OSError) as exc:
+            raise ArtifactError(f"The manifest of run '{self.id}' cannot be read: {exc}.") from None
+        if not isinstance(data, dict) or data.get("run_id") != self.id:
+            raise ArtifactError(f"The manifest of run '{self.id}' does not describe this run.")
+        return data
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.dir / LOCK, "a+") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def update_manifest(self, change: Callable[[dict], None]) -> dict:
+        """Read-modify-write the manifest under an exclusive lock, so concurrent commands don't lose updates."""
+        try:
+            with self._locked():
+                data = self.manifest()
+                change(data)
+                data["updated"] = utc_now()
+                atomic_write_json(self.manifest_path, data)
+        except OSError as exc:
+            raise StoreWriteError(f"Cannot update the manifest of run '{self.id}': {exc.strerror or exc}.") from None
+        return data
+
+    def record_file(self, manifest: dict, relpath: str, kind: str) -> None:
+        """Add a file that already sits in the run folder to ``manifest['files']``."""
+        path = self.dir / relpath
+        manifest.setdefault("files", {})[relpath] = {
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+            "kind": kind,
+        }
+
+    def path(self, relpath: str) -> Path:
+        """Path of a file inside the run folder; refuses anything that would leave it."""
+        target = (self.dir / relpath).resolve()
+        if not target.is_relative_to(self.dir.resolve()):
+            raise UsageError(f"'{relpath}' lies outside run '{self.id}'.")
+        return target
+
+    def verified_file(self, relpath: str) -> Path:
+        """A listed file whose sha256 matches the manifest, or an ArtifactError that says why not."""
+        entry = self.manifest().get("files", {}).get(relpath)
+        path = self.path(relpath)
+        if entry is None:
+            raise ArtifactError(f"Run '{self.id}' does not list '{relpath}' in its manifest.")
+        if not path.is_file():
+            raise ArtifactError(
+                f"'{relpath}' of run '{self.id}' is missing.", "The run folder was changed by hand; retrain."
+            )
+        if sha256_file(path) != entry["sha256"]:
+            raise ArtifactError(
+                f"'{relpath}' of run '{self.id}' does not match its manifest (sha256 differs): "
+                "it was modified or truncated.",
+                "Restore the file or train a new run.",
+            )
+        return path
+
+    @contextlib.contextmanager
+    def outputs(self, section: str, record: dict) -> Iterator[Staging]:
+        """Stage a command's output files; publish them and the manifest entry only if the block succeeds.
+
+        On any error the staging folder is removed, so a failing command leaves the run untouched.
+        """
+        staging = Staging(self, section)
+        try:
+            yield staging
+        except BaseException:
+            staging.discard()
+            raise
+        staging.publish(record)
+
+
+class Staging:
+    """Files a command is producing for one section of a run, held aside until they are all written."""
+
+    def __init__(self, run: Run, section: str):
+        self.run = run
+        self.section = section
+        self.dir = run.dir / f".staging-{section.replace('/', '_')}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.files: dict[str, str] = {}
+
+    def path(self, relpath: str, kind: str = "file") -> Path:
+        """Where to write ``relpath`` (relative to the run folder) for now; write it with ``atomic_write``."""
+        if Path(relpath).is_absolute() or ".." in Path(relpath).parts:
+            raise UsageError(f"'{relpath}' is not a path inside the run.")
+        self.files[relpath] = kind
+        target = self.dir / relpath
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreWriteError(
+                f"Cannot write into run '{self.run.id}': {exc.strerror or exc}.",
+                "Check the permissions of the artifacts folder.",
+            ) from None
+        return target
+
+    def final_path(self, relpath: str) -> Path:
+        return self.run.dir / relpath
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def publish(self, record: dict) -> None:
+        try:
+            for relpath in self.files:
+                source = self.dir / relpath
+                if not source.exists():
+                    raise FileNotFoundError(f"staged output {relpath} was never written")
+            for relpath in self.files:
+                target = self.run.dir / relpath
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.dir / relpath, target)
+                _fsync_dir(target.parent)
+        except OSError as exc:
+            self.discard()
+            raise StoreWriteError(f"Cannot write into run '{self.run.id}': {exc.strerror or exc}.") from None
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+        def change(manifest: dict) -> None:
+            for relpath, kind in self.files.items():
+                self.run.record_file(manifest, relpath, kind)
+            manifest.setdefault("outputs", {})[self.section] = {
+                **record,
+                "created": utc_now(),
+                "files": sorted(self.files),
+            }
+
+        self.run.update_manifest(change)
+
+
+class Store:
+    """The artifact store rooted at one folder."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root).expanduser().absolute()
+
+    @classmethod
+    def from_option(cls, root: Path | str | None) -> Store:
+        return cls(root or os.environ.get("CNNVIZ_ARTIFACTS") or "artifacts")
+
+    def ensure_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}-{secrets.token_hex(4)}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreWriteError(
+                f"The artifacts folder {self.root} cannot be written: {exc.strerror or exc}.",
+                "Pass --artifacts DIR (or set CNNVIZ_ARTIFACTS) to a folder you can write.",
+            ) from None
+
+    def create_run(self, manifest_fields: dict) -> Run:
+        """Allocate a new run folder (race-free: ``mkdir`` either creates it or fails) with status running."""
+        self.ensure_writable()
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        for attempt in range(1, 1000):
+            run_id = stamp if attempt == 1 else f"{stamp}-{attempt}"
+            try:
+                (self.root / run_id).mkdir()
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise StoreWriteError(f"Cannot create a run folder in {self.root}: {exc.strerror or exc}.") from None
+            break
+        else:  # pragma: no cover - a thousand runs in one second
+            raise StoreWriteError(f"Could not allocate a run id in {self.root}.")
+        run = Run(self, run_id)
+        manifest = {
+            "schema": SCHEMA,
+            "run_id": run_id,
+            "status": "running",
+            "created": utc_now(),
+            "updated": utc_now(),
+            "owner": {"pid": os.getpid(), "host": socket.gethostname()},
+            **manifest_fields,
+            "files": {},
+            "outputs": {},
+        }
+        atomic_write_json(run.manifest_path, manifest)
+        return run
+
+    def run_ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and RUN_ID_RE.match(p.name) and (p / MANIFEST).exists()
+        )
+
+    def runs(self) -> list[dict]:
+        """Manifests of all runs, oldest first, with ``status`` corrected for runs whose owner died."""
+        result = []
+        for run_id in self.run_ids():
+            try:
+                manifest = Run(self, run_id).manifest()
+            except ArtifactError:
+                manifest = {"run_id": run_id, "status": "damaged"}
+            result.append(effective_status(manifest))
+        return result
+
+    def latest_complete(self) -> Run | None:
+        complete = [m for m in self.runs() if m.get("status") == "complete"]
+        if not complete:
+            return None
+        newest = max(complete, key=lambda m: (m.get("completed", ""), m["run_id"]))
+        return Run(self, newest["run_id"])
+
+    def get(self, run_id: str | None) -> Run:
+        """The run named ``run_id`` (or ``latest``), or the newest complete run when ``run_id`` is None."""
+        if run_id in (None, "", "latest"):
+            run = self.latest_complete()
+            if run is None:
+                raise ArtifactError(
+                    f"There is no complete run in {self.root}.",
+                    "Train one with `cnnviz train`, or pass --artifacts DIR.",
+                )
+            return run
+        validate_run_id(run_id)
+        run = Run(self, run_id)
+        if not run.dir.resolve().is_relative_to(self.root.resolve()) or not run.manifest_path.exists():
+            known = self.run_ids()
+            hint = f"Known runs: {', '.join(known[-5:])}." if known else "Train one with `cnnviz train`."
+            raise ArtifactError(f"No run '{run_id}' in {self.root}.", hint)
+        return run
+
+    def get_complete(self, run_id: str | None) -> Run:
+        run = self.get(run_id)
+        status = effective_status(run.manifest())["status"]
+        if status != "complete":
+            raise ArtifactError(
+                f"Run '{run.id}' is {status}, not complete.",
+                f"Resume it with `cnnviz train --resume {run.id}` or pick another run.",
+            )
+        return run
+
+
+def effective_status(manifest: dict) -> dict:
+    """Mark a 'running' run whose owning process is gone as 'stale' (it was killed)."""
+    if manifest.get("status") != "running":
+        return manifest
+    owner = manifest.get("owner") or {}
+    if owner.get("host") == socket.gethostname() and not _pid_alive(int(owner.get("pid", 0) or 0)):
+        return {**manifest, "status": "stale"}
+    return manifest
+

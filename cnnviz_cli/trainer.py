@@ -1,0 +1,351 @@
+"""A stored training run: create the run folder, train, checkpoint every epoch, finish or resume.
+
+The run is visible with status ``running`` from its first moment and becomes ``complete`` only after
+its last file is in place. SIGINT/SIGTERM stop it at the next batch: the finished epochs' checkpoints
+stay, the run is marked ``interrupted`` and can be continued with ``resume``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import platform
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from cnnviz_cli import __version__
+from cnnviz_cli.checkpoint import MODEL_FILE, load_checkpoint, read_tensors, save_checkpoint, save_tensors
+from cnnviz_cli.config import TrainConfig
+from cnnviz_cli.data import CLASS_NAMES, load_split, to_float
+from cnnviz_cli.errors import ArtifactError, Interrupted, UsageError
+from cnnviz_cli.model import Net
+from cnnviz_cli.store import Run, Store, atomic_write_bytes, effective_status, utc_now
+from cnnviz_cli.training import EpochStats, epoch_generator, evaluate, pick_device, train_epoch
+
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "curves.png"
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+
+
+def epoch_checkpoint(epoch: int) -> str:
+    return f"checkpoints/epoch-{epoch:03d}.safetensors"
+
+
+def optimizer_checkpoint(epoch: int) -> str:
+    return f"checkpoints/optimizer-epoch-{epoch:03d}.safetensors"
+
+
+class TrainProgress:
+    """Callbacks a caller can override to show progress; the defaults do nothing."""
+
+    def start(self, run_id: str, first_epoch: int, epochs: int, batches_per_epoch: int) -> None:
+        """Training of ``run_id`` begins at ``first_epoch`` (1-based)."""
+
+    def batch(self, epoch: int, done: int, total: int) -> None:
+        """``done`` of ``total`` batches of ``epoch`` are finished."""
+
+    def epoch(self, row: dict) -> None:
+        """An epoch has finished and its checkpoint is stored; ``row`` is its history entry."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    run_dir: Path
+    checkpoint: Path
+    config: TrainConfig
+    history: list[dict]
+    final: dict
+    best_val_accuracy: float
+    train_size: int
+    val_size: int
+    device: str
+    resumed_from_epoch: int
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[_StopFlag]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between batches (main thread only)."""
+    flag = _StopFlag()
+    previous = {}
+
+    def handler(signum, _frame):
+        flag.signal = signum
+
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not in the main thread: no signal handling, stop only via exceptions
+        pass
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _versions() -> dict:
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cnnviz": __version__,
+    }
+
+
+def _history_csv(history: list[dict]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue().encode()
+
+
+def _optimizer_tensors(optimizer: torch.optim.Adam, model: Net) -> dict[str, torch.Tensor]:
+    names = {id(p): name for name, p in model.named_parameters()}
+    tensors = {}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                tensors[f"{names[id(param)]}.{key}"] = torch.as_tensor(value).clone()
+    return tensors
+
+
+def _load_optimizer_tensors(optimizer: torch.optim.Adam, model: Net, tensors: dict[str, torch.Tensor]) -> None:
+    for name, param in model.named_parameters():
+        state = {key: tensors[f"{name}.{key}"].to(param.device) for key in ("step", "exp_avg", "exp_avg_sq")}
+        if "max_exp_avg_sq" in {k.rsplit(".", 1)[-1] for k in tensors}:
+            state["max_exp_avg_sq"] = tensors[f"{name}.max_exp_avg_sq"].to(param.device)
+        state["step"] = state["step"].cpu()
+        optimizer.state[param] = state
+
+
+def _finish(run: Run, config: TrainConfig, history: list[dict], model: Net, classes: tuple[str, ...]) -> None:
+    from cnnviz_cli.plots.common import save_figure
+    from cnnviz_cli.plots.curves import training_curves
+
+    save_checkpoint(
+        run.dir / MODEL_FILE, model, dataset=config.dataset, classes=classes, epoch=len(history), run_id=run.id
+    )
+    atomic_write_bytes(run.dir / HISTORY_FILE, _history_csv(history))
+    title = f"Run {run.id}: {config.dataset}, {len(history)} epochs, seed {config.seed}"
+    save_figure(training_curves(history, title), run.dir / CURVES_FILE)
+
+    def complete(manifest: dict) -> None:
+        run.record_file(manifest, MODEL_FILE, "checkpoint")
+        run.record_file(manifest, HISTORY_FILE, "history")
+        run.record_file(manifest, CURVES_FILE, "figure")
+        manifest["status"] = "complete"
+        manifest["completed"] = utc_now()
+
+    run.update_manifest(complete)
+
+
+def _set_status(run: Run, status: str, **fields) -> None:
+    def change(manifest: dict) -> None:
+        manifest["status"] = status
+        manifest.update(fields)
+
+    run.update_manifest(change)
+
+
+def train_run(
+    store: Store,
+    config: TrainConfig,
+    *,
+    data_dir: Path | None = None,
+    offline: bool = False,
+    progress: TrainProgress | None = None,
+    resume: str | None = None,
+    command: list[str] | None = None,
+) -> TrainResult:
+    """Train a new run (or continue ``resume``) in ``store``; returns what was stored."""
+    progress = progress or TrainProgress()
+    device = pick_device(config.device)
+    if resume is not None:
+        run, config, history = _prepare_resume(store, resume, config)
+    else:
+        store.ensure_writable()
+        run, history = None, []
+
+    train = load_split(
+        config.dataset, "train", data_dir, offline,
+        val_fraction=config.val_fraction, seed=config.seed, limit=config.limit,
+    )
+    val = load_split(
+        config.dataset, "val", data_dir, offline,
+        val_fraction=config.val_fraction, seed=config.seed, limit=config.limit,
+    )
+    classes = CLASS_NAMES[config.dataset]
+
+    torch.manual_seed(config.seed)
+    model = Net(config.model).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+    if run is None:
+        run = store.create_run(
+            {
+                "command": command or [],
+                "options": config.to_dict(),
+                "dataset": config.dataset,
+                "seed": config.seed,
+                "data_source": train.source,
+                "train_size": len(train),
+                "val_size": len(val),
+                "classes": list(classes),
+                "versions": _versions(),
+                "history": [],
+            }
+        )
+    else:
+        _restart(run, config, len(history))
+    if history:
+        last = len(history)
+        weights, _ = load_checkpoint(run.verified_file(epoch_checkpoint(last)), device)
+        model.load_state_dict(weights.state_dict())
+        opt_tensors, _ = read_tensors(run.verified_file(optimizer_checkpoint(last)))
+        _load_optimizer_tensors(optimizer, model, opt_tensors)
+
+    start_epoch = len(history) + 1
+    train_x, train_y = to_float(train.images).to(device), train.labels.to(device)
+    val_x, val_y = to_float(val.images), val.labels
+    batches = (len(train) + config.batch_size - 1) // config.batch_size
+    progress.start(run.id, start_epoch, config.epochs, batches)
+
+    try:
+        with _stop_on_signals() as stop:
+            for epoch in range(start_epoch, config.epochs + 1):
+                started = time.perf_counter()
+                stats = train_epoch(
+                    model, optimizer, train_x, train_y,
+                    batch_size=config.batch_size,
+                    generator=epoch_generator(config.seed, epoch),
+                    precision=config.precision,
+                    on_batch=lambda done, total, e=epoch: progress.batch(e, done, total),
+                    should_stop=stop,
+                )
+                if stats is None:
+                    break
+                val_stats = evaluate(model, val_x, val_y, batch_size=max(1024, config.batch_size))
+                row = _epoch_row(epoch, stats, val_stats, time.perf_counter() - started)
+                _store_epoch(run, config, model, optimizer, classes, row)
+                history.append(row)
+                progress.epoch(row)
+                if stop():
+                    break
+        if stop():
+            _set_status(run, "interrupted", interrupted=utc_now())
+            done = len(history)
+            raise Interrupted(
+                f"Training of run '{run.id}' was interrupted after {done} of {config.epochs} epochs; "
+                f"{'the checkpoint of epoch ' + str(done) + ' is kept' if done else 'no epoch had finished'}.",
+                f"Continue it with `cnnviz train --resume {run.id}`.",
+            )
+        _finish(run, config, history, model, classes)
+    except (Interrupted, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            _set_status(run, "failed", error=f"{type(exc).__name__}: {exc}"[:500])
+        raise
+
+    best = max(row["val_accuracy"] for row in history)
+    return TrainResult(
+        run_id=run.id,
+        run_dir=run.dir,
+        checkpoint=run.dir / MODEL_FILE,
+        config=config,
+        history=history,
+        final=history[-1],
+        best_val_accuracy=best,
+        train_size=len(train),
+        val_size=len(val),
+        device=str(device),
+        resumed_from_epoch=start_epoch - 1 if resume else 0,
+    )
+
+
+def _epoch_row(epoch: int, stats: EpochStats, val_stats: EpochStats, seconds: float) -> dict:
+    return {
+        "epoch": epoch,
+        "train_loss": round(stats.loss, 6),
+        "train_accuracy": round(stats.accuracy, 6),
+        "val_loss": round(val_stats.loss, 6),
+        "val_accuracy": round(val_stats.accuracy, 6),
+        "seconds": round(seconds, 3),
+    }
+
+
+def _store_epoch(
+    run: Run, config: TrainConfig, model: Net, optimizer: torch.optim.Adam, classes: tuple[str, ...], row: dict
+) -> None:
+    """Checkpoint + optimizer state of this epoch, then the manifest; older files go if not kept."""
+    epoch = row["epoch"]
+    save_checkpoint(
+        run.dir / epoch_checkpoint(epoch), model, dataset=config.dataset, classes=classes, epoch=epoch, run_id=run.id
+    )
+    save_tensors(run.dir / optimizer_checkpoint(epoch), _optimizer_tensors(optimizer, model))
+    stale: list[str] = [optimizer_checkpoint(epoch - 1)]
+    if config.keep_checkpoints == "last":
+        stale.append(epoch_checkpoint(epoch - 1))
+
+    def change(manifest: dict) -> None:
+        run.record_file(manifest, epoch_checkpoint(epoch), "epoch-checkpoint")
+        run.record_file(manifest, optimizer_checkpoint(epoch), "optimizer-state")
+        for relpath in stale:
+            manifest["files"].pop(relpath, None)
+        manifest["history"] = [*manifest.get("history", []), row]
+        manifest["epochs_done"] = epoch
+
+    run.update_manifest(change)
+    for relpath in stale:
+        (run.dir / relpath).unlink(missing_ok=True)
+
+
+def _prepare_resume(store: Store, run_id: str, requested: TrainConfig) -> tuple[Run, TrainConfig, list[dict]]:
+    run = store.get(run_id)
+    manifest = effective_status(run.manifest())
+    if manifest["status"] == "running":
+        raise UsageError(f"Run '{run.id}' is still being trained by process {manifest['owner']['pid']}.")
+    try:
+        original = TrainConfig.from_dict(manifest["options"])
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(f"The manifest of run '{run.id}' has no usable options ({exc}).") from None
+    history = list(manifest.get("history", []))
+    config = replace(original, epochs=requested.epochs, device=requested.device)
+    if len(history) >= config.epochs:
+        raise UsageError(
+            f"Run '{run.id}' has already trained {len(history)} epochs.",
+            f"Pass --epochs N with N > {len(history)} to train it further.",
+        )
+    return run, config, history
+
+
+def _restart(run: Run, config: TrainConfig, done: int) -> None:
+    def change(manifest: dict) -> None:
+        manifest["status"] = "running"
+        manifest["owner"] = {"pid": os.getpid(), "host": socket.gethostname()}
+        manifest["options"]["epochs"] = config.epochs
+        manifest.pop("completed", None)
+        manifest.setdefault("resumed", []).append({"at": utc_now(), "from_epoch": done})
+
+    run.update_manifest(change)

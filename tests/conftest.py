@@ -1,0 +1,60 @@
+"""Shared fixtures: every test runs with its own environment, a private cache and tiny IDX data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import cli, write_dataset
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cnnviz-cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch, session_cache, tmp_path):
+    """No test sees the user's store, data folder or cache; the decoded-data cache is shared per session."""
+    for name in ("CNNVIZ_ARTIFACTS", "CNNVIZ_DATA_DIR", "CNNVIZ_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CNNVIZ_CACHE_DIR", str(session_cache))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "120")
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """600 training and 200 test images in MNIST's gzip IDX layout (learnable synthetic squares)."""
+    return write_dataset(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory, tiny_data, session_cache) -> tuple[Path, str]:
+    """A store with one complete 2-epoch run on the tiny data. Read-only: copy it before changing it."""
+    store = tmp_path_factory.mktemp("store") / "artifacts"
+    old = os.environ.get("CNNVIZ_CACHE_DIR")
+    os.environ["CNNVIZ_CACHE_DIR"] = str(session_cache)
+    try:
+        result = cli("train", "--data-dir", tiny_data, "--epochs", "2", "--artifacts", store, "--json", "--quiet")
+    finally:
+        if old is None:
+            os.environ.pop("CNNVIZ_CACHE_DIR", None)
+        else:
+            os.environ["CNNVIZ_CACHE_DIR"] = old
+    assert result.exit_code == 0, result.stderr
+    import json
+
+    return store, json.loads(result.stdout)["run_id"]
+
+
+@pytest.fixture
+def store_copy(trained_store, tmp_path) -> tuple[Path, str]:
+    """A private copy of ``trained_store`` that a test may change."""
+    source, run_id = trained_store
+    target = tmp_path / "artifacts"
+    shutil.copytree(source, target)
+    return target, run_id

@@ -1,0 +1,107 @@
+"""Test helpers: tiny IDX datasets written by the tests themselves, the real CLI, store digests."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_idx_images(path: Path, images: np.ndarray) -> None:
+    header = struct.pack(">IIII", 0x00000803, *images.shape)
+    path.write_bytes(gzip.compress(header + images.astype(np.uint8).tobytes(), mtime=0))
+
+
+def write_idx_labels(path: Path, labels: np.ndarray) -> None:
+    header = struct.pack(">II", 0x00000801, labels.shape[0])
+    path.write_bytes(gzip.compress(header + labels.astype(np.uint8).tobytes(), mtime=0))
+
+
+def synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 28×28 images: class k is a bright 7×7 square at one of ten places, jittered, with noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.int32)
+    for i, k in enumerate(labels):
+        y = 2 + 12 * (k // 5) + rng.integers(-1, 2)
+        x = 1 + 5 * (k % 5) + rng.integers(-1, 1)
+        images[i, y : y + 7, x : x + 7] = rng.integers(180, 256)
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_dataset(folder: Path, n_train: int = 600, n_test: int = 200, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = synthetic_images(n_train, seed)
+    test_x, test_y = synthetic_images(n_test, seed + 1)
+    write_idx_images(folder / "train-images-idx3-ubyte.gz", train_x)
+    write_idx_labels(folder / "train-labels-idx1-ubyte.gz", train_y)
+    write_idx_images(folder / "t10k-images-idx3-ubyte.gz", test_x)
+    write_idx_labels(folder / "t10k-labels-idx1-ubyte.gz", test_y)
+    return folder
+
+
+def cli(*args: str, **env: str):
+    """Run the real Typer app in-process; returns click's Result (stdout and stderr kept apart)."""
+    from cnnviz_cli.cli import app
+    from cnnviz_cli.console import reset_console
+
+    reset_console()
+    runner = CliRunner()
+    result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "120", "NO_COLOR": "1", **env})
+    reset_console()
+    return result
+
+
+def cnnviz_subprocess(*args: str, env: dict | None = None, **kwargs):
+    """Run `python -m cnnviz_cli` as a separate process (for signals, concurrency, exit codes)."""
+    import subprocess
+
+    full_env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "cnnviz_cli", *map(str, args)], capture_output=True, text=True, env=full_env, **kwargs
+    )
+
+
+def tree_digest(root: Path) -> str:
+    """One hash over every file path, size and content under ``root`` (to prove a store is unchanged)."""
+    digest = hashlib.sha256()
+    if not root.exists():
+        return "absent"
+    for path in sorted(p for p in root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file():
+            digest.update(f"F {rel} {path.stat().st_size}\n".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        else:
+            digest.update(f"D {rel}\n".encode())
+    return digest.hexdigest()
+
+
+def assert_clean_error(result, exit_code: int, *needles: str) -> None:
+    """A user error: the given exit code, a short message on stderr, no traceback, nothing on stdout."""
+    assert result.exit_code == exit_code, (result.exit_code, result.stdout, result.stderr, result.exception)
+    err = result.stderr
+    assert "Traceback" not in err, err
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert 1 <= len(err.strip().splitlines()) <= 4, err
+    assert result.stdout == "", result.stdout
+    for needle in needles:
+        assert needle.lower() in err.lower(), (needle, err)
+
+
+def shared_data(name: str) -> Path | None:
+    """The shared real-MNIST folders (tests only): $CNNVIZ_TEST_SHARED_DATA, or ../shared/data beside the repo."""
+    candidates = [os.environ.get("CNNVIZ_TEST_SHARED_DATA", ""), REPO.parent / "shared" / "data", Path("/work/shared/data")]
+    for base in candidates:
+        if base and (Path(base) / name).is_dir():
+            return Path(base) / name
+    return None
