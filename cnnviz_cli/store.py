@@ -272,7 +272,19 @@ class Store:
     def from_option(cls, root: Path | str | None) -> Store:
         return cls(root or os.environ.get("CNNVIZ_ARTIFACTS") or "artifacts")
 
+    def check_writable(self) -> None:
+        """Refuse early, without creating anything, when the store could not be written."""
+        existing = self.root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise StoreWriteError(
+                f"The artifacts folder {self.root} cannot be written ({existing} is not a writable folder).",
+                "Pass --artifacts DIR (or set CNNVIZ_ARTIFACTS) to a folder you can write.",
+            )
+
     def ensure_writable(self) -> None:
+        self.check_writable()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".write-test-{os.getpid()}-{secrets.token_hex(4)}"

@@ -184,7 +184,7 @@ def train_run(
     if resume is not None:
         run, config, history = _prepare_resume(store, resume, config)
     else:
-        store.ensure_writable()
+        store.check_writable()
         run, history = None, []
 
     train = load_split(

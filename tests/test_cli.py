@@ -1,0 +1,106 @@
+"""The CLI shell: help, version, import rules that keep `cnnviz --help` instant, usage errors."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import REPO, assert_clean_error, cli
+
+PACKAGE = REPO / "cnnviz_cli"
+HEAVY = {"torch", "torchvision", "matplotlib", "captum", "PIL", "numpy", "safetensors"}
+UI = {"typer", "rich", "click"}
+UI_MODULES = {"cli.py", "console.py", "__main__.py"}
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Modules imported at module level (not inside functions; TYPE_CHECKING blocks excluded)."""
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for sub in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) else []:
+            if isinstance(sub, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in sub.names}
+            elif isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0:
+                names.add(sub.module.split(".")[0])
+    return names
+
+
+def _all_imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for sub in ast.walk(ast.parse(path.read_text())):
+        if isinstance(sub, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in sub.names}
+        elif isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0:
+            names.add(sub.module.split(".")[0])
+    return names
+
+
+def test_core_modules_never_import_the_cli_libraries():
+    core = [p for p in PACKAGE.rglob("*.py") if "commands" not in p.parts and p.name not in UI_MODULES]
+    assert core
+    for path in core:
+        assert not (_all_imports(path) & UI), f"{path.relative_to(REPO)} imports a UI library"
+
+
+def test_command_modules_import_heavy_libraries_only_inside_functions():
+    for path in [*PACKAGE.joinpath("commands").glob("*.py"), PACKAGE / "cli.py", PACKAGE / "console.py"]:
+        heavy = _top_level_imports(path) & HEAVY
+        assert not heavy, f"{path.relative_to(REPO)} imports {heavy} at module level"
+
+
+def test_help_and_runs_do_not_import_torch(tmp_path):
+    code = (
+        "import sys\n"
+        "from cnnviz_cli.cli import app\n"
+        "from typer.testing import CliRunner\n"
+        f"r = CliRunner().invoke(app, ['runs', '--artifacts', {str(tmp_path)!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_lists_every_command():
+    from cnnviz_cli.cli import COMMANDS
+
+    result = cli("--help")
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.stdout, name
+        assert (PACKAGE / "commands" / f"{name}.py").exists(), f"command module {name} is missing"
+
+
+def test_every_command_has_help_text():
+    from cnnviz_cli.cli import COMMANDS
+
+    for name in COMMANDS:
+        result = cli(name, "--help")
+        assert result.exit_code == 0, (name, result.stderr)
+        assert "--json" in result.stdout or name == "report", name
+
+
+def test_version():
+    result = cli("--version")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("cnnviz ")
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "cnnviz_cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("cnnviz ")
+
+
+def test_bad_option_type_is_one_clean_line():
+    result = cli("train", "--epochs", "many")
+    assert_clean_error(result, 2, "--epochs", "valid integer")
+
+
+def test_unknown_option_is_a_usage_error():
+    result = cli("train", "--epoch", "3")
+    assert_clean_error(result, 2, "--epoch")
