@@ -1,0 +1,162 @@
+"""`cnnviz evaluate`: accuracy, per-class metrics, confusion matrix and the worst mistakes of a run."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from cnnviz_cli.commands.options import (
+    ArtifactsOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
+    JsonOpt,
+    OfflineOpt,
+    QuietOpt,
+    RunOpt,
+)
+
+COMMAND = "evaluate"
+
+
+def main(
+    run: RunOpt = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    offline: OfflineOpt = False,
+    split: Annotated[
+        str,
+        typer.Option("--split", help="test (the held-out test images) or val (the run's own validation images)."),
+    ] = "test",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", help="Images per forward pass (only speed and memory depend on it).")
+    ] = 1024,
+    device: DeviceOpt = "auto",
+    top_mistakes: Annotated[
+        int, typer.Option("--top-mistakes", help="How many of the most confidently wrong images to show (0-100).")
+    ] = 24,
+    artifacts: ArtifactsOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate a run's model: accuracy and loss, per-class precision/recall/F1, the confusion matrix.
+
+    Writes evaluation/metrics.json, evaluation/confusion_matrix.png and evaluation/mistakes.png (the
+    most confidently wrong images) into the run folder; --split val writes to evaluation-val/.
+
+    Example: cnnviz evaluate --run 20250101-120000 --json
+    """
+    from cnnviz_cli import console
+    from cnnviz_cli.evaluation import check_options, evaluate_run, write_evaluation
+    from cnnviz_cli.store import Store
+
+    check_options(split, batch_size, top_mistakes)
+    store = Store.from_option(artifacts)
+    started = time.perf_counter()
+    with console.StepProgress(f"evaluating on {split}", quiet=quiet) as progress:
+        evaluation = evaluate_run(
+            store,
+            run,
+            split=split,
+            dataset=dataset,
+            data_dir=data_dir,
+            offline=offline,
+            batch_size=batch_size,
+            device=device,
+            on_batch=progress,
+            top_mistakes=top_mistakes,
+        )
+    files = write_evaluation(evaluation)
+    elapsed = time.perf_counter() - started
+    result = evaluation.result
+
+    if not quiet:
+        out = console.console()
+        out.print(_overall_table(evaluation, elapsed))
+        out.print(_per_class_table(result))
+        out.print(_confusion_table(result))
+        out.print(f"Wrote {files.metrics.parent}/ ({', '.join(p.name for p in (files.metrics, *files.images.values()))})")
+    if json_out:
+        console.emit_json(
+            {
+                "run_id": evaluation.run.id,
+                "run_dir": str(evaluation.run.dir),
+                "dataset": result.dataset,
+                "split": result.split,
+                "data_source": evaluation.data.source,
+                "checkpoint": str(evaluation.checkpoint.path),
+                "checkpoint_sha256": evaluation.checkpoint.sha256,
+                "n": result.n,
+                "correct": result.correct,
+                "accuracy": result.accuracy,
+                "loss": result.loss,
+                "macro": result.macro,
+                "classes": list(result.classes),
+                "per_class": result.per_class,
+                "confusion_matrix": result.confusion,
+                "mistakes": [m.to_dict() for m in result.mistakes],
+                "section": files.section,
+                "metrics": str(files.metrics),
+                "images": {name: str(path) for name, path in files.images.items()},
+                "options": evaluation.options,
+                "device": evaluation.device,
+                "seconds": round(elapsed, 3),
+                "seconds_inference": round(evaluation.seconds, 3),
+            }
+        )
+
+
+def _overall_table(evaluation, elapsed: float):
+    from cnnviz_cli.console import fmt_pct, table
+
+    result = evaluation.result
+    rows = [
+        ("run", evaluation.run.id),
+        ("data", f"{result.dataset} {result.split} split"),
+        ("images", f"{result.n:,}"),
+        ("accuracy", f"[bold]{fmt_pct(result.accuracy)}[/] ({result.correct:,} right, {result.n - result.correct:,} wrong)"),
+        ("loss", f"{result.loss:.4f} (mean cross-entropy)"),
+        ("macro F1", f"{result.macro['f1']:.4f}"),
+        ("time", f"{evaluation.seconds:.1f} s for the forward passes on {evaluation.device}, {elapsed:.1f} s in all"),
+    ]
+    return table("Overall", ["", ""], rows)
+
+
+def _per_class_table(result):
+    from rich.markup import escape
+
+    from cnnviz_cli.console import fmt_pct, table
+
+    rows = [
+        (
+            row["class"],
+            escape(row["name"]),
+            f"{row['support']:,}",
+            fmt_pct(row["precision"]),
+            fmt_pct(row["recall"]),
+            f"{row['f1']:.3f}",
+            fmt_pct(row["accuracy"]),
+        )
+        for row in result.per_class
+    ]
+    columns = [("#", "right"), "class", ("support", "right"), ("precision", "right"), ("recall", "right"),
+               ("F1", "right"), ("accuracy", "right")]
+    return table("Per class (accuracy = share of the class's images classified correctly)", columns, rows)
+
+
+def _confusion_table(result):
+    from rich.markup import escape
+
+    from cnnviz_cli.console import table
+
+    k = len(result.classes)
+    rows = []
+    for t, counts in enumerate(result.confusion):
+        name = result.classes[t]
+        label = name if name == str(t) else f"{t} {name}"
+        cells = [f"[bold green]{v:,}[/]" if p == t else (f"{v:,}" if v else "[dim]·[/]") for p, v in enumerate(counts)]
+        rows.append((escape(label), *cells))
+    columns = ["true \\ predicted", *((str(p), "right") for p in range(k))]
+    return table("Confusion matrix (rows = true class, columns = predicted class)", columns, rows)
