@@ -1,0 +1,150 @@
+"""`cnnviz train` through the real CLI: the run folder, the manifest, determinism, resume, bad options."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import assert_clean_error, cli, tree_digest
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+
+def _train(store: Path, data: Path, *extra: str) -> dict:
+    result = cli("train", "--data-dir", data, "--artifacts", store, "--json", "--quiet", *extra)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_run_folder_holds_everything_the_manifest_lists(trained_store):
+    store, run_id = trained_store
+    run_dir = store / run_id
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["run_id"] == run_id
+    assert manifest["options"]["epochs"] == 2 and manifest["options"]["batch_size"] == 256
+    assert manifest["dataset"] == "mnist" and manifest["seed"] == 0
+    assert set(manifest["versions"]) >= {"python", "torch", "cnnviz"}
+    assert [row["epoch"] for row in manifest["history"]] == [1, 2]
+    expected = {
+        "model.safetensors", "history.csv", "curves.png",
+        "checkpoints/epoch-001.safetensors", "checkpoints/epoch-002.safetensors",
+        "checkpoints/optimizer-epoch-002.safetensors",
+    }
+    assert expected <= set(manifest["files"])
+    for relpath, entry in manifest["files"].items():
+        assert hashlib.sha256((run_dir / relpath).read_bytes()).hexdigest() == entry["sha256"], relpath
+    assert not (run_dir / "checkpoints/optimizer-epoch-001.safetensors").exists()
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader((run_dir / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[-1]["val_accuracy"]) == manifest["history"][-1]["val_accuracy"]
+
+
+def test_checkpoint_metadata_is_text_that_rebuilds_the_model(trained_store):
+    store, run_id = trained_store
+    path = store / run_id / "model.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    assert json.loads(meta["model_config"]) == {
+        "in_channels": 1, "channels": [16, 32], "kernel_size": 5, "num_classes": 10, "image_size": 28,
+    }
+    assert meta["dataset"] == "mnist" and json.loads(meta["classes"])[3] == "3"
+    assert json.loads(meta["preprocessing"])["scale"] == "1/255"
+    weights = load_file(str(path))
+    assert weights["conv1.weight"].shape == (16, 1, 5, 5)
+    assert weights["conv2.weight"].shape == (32, 16, 5, 5)
+    assert weights["fc.weight"].shape == (10, 32 * 7 * 7)
+
+
+def test_json_output_is_one_document(tiny_data, tmp_path):
+    result = cli("train", "--data-dir", tiny_data, "--artifacts", tmp_path / "a", "--epochs", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert {"run_id", "run_dir", "checkpoint", "final", "history", "best_val_accuracy"} <= set(doc)
+    assert Path(doc["checkpoint"]).exists()
+    assert "Training summary" in result.stderr  # the human summary went to stderr
+
+
+def test_human_output_shows_epoch_rows_and_summary(tiny_data, tmp_path):
+    result = cli("train", "--data-dir", tiny_data, "--artifacts", tmp_path / "a", "--epochs", "2")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    assert "1/2" in result.stderr and "2/2" in result.stderr and "Training summary" in result.stderr
+    assert "batches" in result.stderr  # plain line-by-line progress when not on a terminal
+
+
+def test_same_seed_gives_bit_identical_weights(tiny_data, tmp_path):
+    a = _train(tmp_path / "a", tiny_data, "--epochs", "2", "--seed", "3")
+    b = _train(tmp_path / "b", tiny_data, "--epochs", "2", "--seed", "3")
+    c = _train(tmp_path / "c", tiny_data, "--epochs", "2", "--seed", "4")
+    wa, wb, wc = (load_file(d["checkpoint"]) for d in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not torch.equal(wa["conv1.weight"], wc["conv1.weight"])
+    assert a["history"][-1]["val_loss"] == b["history"][-1]["val_loss"]
+
+
+def test_resume_continues_to_the_same_weights(tiny_data, tmp_path):
+    full = _train(tmp_path / "full", tiny_data, "--epochs", "3")
+    part = _train(tmp_path / "part", tiny_data, "--epochs", "1")
+    resumed = _train(tmp_path / "part", tiny_data, "--epochs", "3", "--resume", part["run_id"])
+    assert resumed["run_id"] == part["run_id"] and len(resumed["history"]) == 3
+    wf, wr = load_file(full["checkpoint"]), load_file(resumed["checkpoint"])
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+
+
+def test_resume_needs_more_epochs(trained_store, store_copy, tiny_data):
+    store, run_id = store_copy
+    before = tree_digest(store)
+    result = cli("train", "--data-dir", tiny_data, "--artifacts", store, "--resume", run_id, "--epochs", "2")
+    assert_clean_error(result, 2, "already trained 2 epochs")
+    assert tree_digest(store) == before
+
+
+def test_keep_only_the_last_checkpoint(tiny_data, tmp_path):
+    doc = _train(tmp_path / "a", tiny_data, "--epochs", "3", "--keep-checkpoints", "last")
+    files = json.loads((Path(doc["run_dir"]) / "manifest.json").read_text())["files"]
+    kept = sorted(p.name for p in (Path(doc["run_dir"]) / "checkpoints").iterdir())
+    assert kept == ["epoch-003.safetensors", "optimizer-epoch-003.safetensors"]
+    assert "checkpoints/epoch-001.safetensors" not in files
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--batch-size", "-5"], "--batch-size must be at least 1"),
+        (["--val-fraction", "1.5"], "--val-fraction must lie strictly between 0 and 1"),
+        (["--val-fraction", "0"], "--val-fraction"),
+        (["--dataset", "cifar"], "unknown dataset 'cifar'"),
+        (["--lr", "-1"], "--lr must be a positive number"),
+        (["--device", "tpu"], "unknown device"),
+        (["--precision", "fp8"], "unknown precision"),
+        (["--limit", "1"], "--limit must be at least 2"),
+    ],
+)
+def test_bad_option_values_are_refused_before_any_work(args, needle, tmp_path):
+    store = tmp_path / "artifacts"
+    result = cli("train", "--artifacts", store, *args)
+    assert_clean_error(result, 2, needle)
+    assert tree_digest(store) == "absent"
+
+
+def test_runs_lists_runs_with_status(trained_store):
+    store, run_id = trained_store
+    result = cli("runs", "--artifacts", store)
+    assert result.exit_code == 0
+    assert run_id in result.stderr and "complete" in result.stderr and "(latest)" in result.stderr
+    doc = json.loads(cli("runs", "--artifacts", store, "--json").stdout)
+    row = doc["runs"][0]
+    assert row["run_id"] == run_id and row["epochs_done"] == 2 and row["latest"] is True
+    assert 0 <= row["best_val_accuracy"] <= 1
+
+
+def test_runs_on_an_empty_store(tmp_path):
+    result = cli("runs", "--artifacts", tmp_path / "none")
+    assert result.exit_code == 0 and "No runs" in result.stderr
+    assert not (tmp_path / "none").exists()
