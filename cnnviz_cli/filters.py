@@ -1,0 +1,234 @@
+"""Convolution kernels as one tiled array: the data behind ``cnnviz filters``.
+
+``tile_kernels`` lays out a conv weight tensor (out, in, kh, kw) as a single 2-D array (or H×W×3 for a
+layer that reads an RGB image) with NaN separators between kernels, so that one ``imshow`` draws a
+whole layer, however many kernels it has. The layout is built with tensor reshapes, never a Python loop
+over kernels:
+
+* layers with several input channels: one row of tiles per filter (output channel), one column per
+  input channel (the out × in matrix of the tutorial);
+* layers with one input channel, and RGB layers: a compact grid of the kernels (16 kernels -> 4×4),
+  read in row-major order (filter = row × cols + column).
+
+``FilterTiles.locate`` and ``FilterTiles.position`` map between array pixels and weight indices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cnnviz_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+__all__ = ["MAX_SIDE", "NORMALIZE", "FilterTiles", "grid_shape", "layer_weight", "tile_kernels"]
+
+NORMALIZE = ("per-layer", "per-filter")
+# Longest side of a tiled array (in weight pixels): beyond it, filters or input channels are left out
+# (and counted as not shown) rather than drawn smaller than one screen pixel each.
+MAX_SIDE = 4096
+
+
+@dataclass(frozen=True)
+class FilterTiles:
+    """A conv layer's kernels tiled into one array, ready for a single ``imshow``.
+
+    ``array`` is float32 (H, W), or (H, W, 3) when ``rgb``; separator pixels and empty grid cells are NaN.
+    Grey-scale arrays hold weights (``per-layer``: in weight units; ``per-filter``: each filter divided
+    by its own largest absolute weight, so in [-1, 1]); ``vmin``/``vmax`` are symmetric around 0 for a
+    diverging colour map. RGB arrays hold display values in [0, 1]: 0.5 is a zero weight, 0 and 1 are
+    ``vmin`` and ``vmax`` (in the units above).
+    """
+
+    array: np.ndarray
+    vmin: float
+    vmax: float
+    shown: int  # filters drawn
+    total: int  # filters in the layer
+    in_channels: int  # input channels of the layer
+    shown_channels: int  # input channels drawn (columns of the matrix layout)
+    kernel_size: tuple[int, int]
+    layout: str  # "matrix" (rows = filters, columns = input channels), "grid" or "rgb-grid"
+    rows: int  # tile rows
+    cols: int  # tile columns
+    separator: int
+    normalize: str
+    scales: np.ndarray  # per shown filter: the divisor applied (1 for per-layer)
+
+    @property
+    def rgb(self) -> bool:
+        return self.layout == "rgb-grid"
+
+    @property
+    def truncated(self) -> bool:
+        return self.shown < self.total or self.shown_channels < self.in_channels
+
+    def position(self, filter_index: int, channel: int, i: int, j: int) -> tuple[int, int]:
+        """Array (row, column) of weight[filter_index, channel, i, j] (the channel is ignored for grids)."""
+        kh, kw = self.kernel_size
+        step_y, step_x = kh + self.separator, kw + self.separator
+        if self.layout == "matrix":
+            return filter_index * step_y + i, channel * step_x + j
+        row, col = divmod(filter_index, self.cols)
+        return row * step_y + i, col * step_x + j
+
+    def locate(self, y: int, x: int) -> tuple[int, int, int, int] | None:
+        """(filter, input channel, i, j) of array pixel (y, x), or None for a separator or empty cell.
+
+        For an RGB grid the channel is the colour plane; callers pass it as 0 and read the RGB triple.
+        """
+        kh, kw = self.kernel_size
+        row, i = divmod(y, kh + self.separator)
+        col, j = divmod(x, kw + self.separator)
+        if i >= kh or j >= kw:
+            return None
+        if self.layout == "matrix":
+            if row >= self.shown or col >= self.shown_channels:
+                return None
+            return row, col, i, j
+        index = row * self.cols + col
+        if index >= self.shown:
+            return None
+        return index, 0, i, j
+
+
+def grid_shape(n: int, aspect: float = 1.0) -> tuple[int, int]:
+    """(rows, cols) of a compact grid for ``n`` tiles: near-square, at least as wide as tall.
+
+    ``aspect`` > 1 asks for a wider grid (cols ≈ aspect × rows). 16 -> (4, 4), 32 -> (4, 8), 10 -> (2, 5),
+    7 -> (3, 3) with two empty cells.
+    """
+    if n < 1:
+        return 0, 0
+    cols = max(1, math.ceil(math.sqrt(n * aspect)))
+    # Prefer an exact divisor close above the square root, so the grid has no empty cells.
+    for candidate in range(cols, min(n, 2 * cols) + 1):
+        if n % candidate == 0:
+            cols = candidate
+            break
+    cols = min(cols, n)
+    return math.ceil(n / cols), cols
+
+
+def layer_weight(model, layer: str) -> torch.Tensor:
+    """The weight tensor (out, in, kh, kw) of conv layer ``layer`` of a cnnviz ``Net``, on the CPU."""
+    return model.block(layer)["conv"].weight.detach().to("cpu", copy=True)
+
+
+def tile_kernels(
+    weight: torch.Tensor,
+    *,
+    normalize: str = "per-layer",
+    max_filters: int | None = None,
+    max_channels: int | None = None,
+    separator: int = 1,
+    max_side: int | None = MAX_SIDE,
+) -> FilterTiles:
+    """Tile a conv weight (out, in, kh, kw) into one array with NaN separators.
+
+    ``normalize``: ``per-layer`` keeps weights as they are (one colour scale for the whole layer, taken
+    from all its filters, also the ones not drawn); ``per-filter`` divides each filter by its own largest
+    absolute weight. Only the first ``max_filters`` filters (and ``max_channels`` input channels of a
+    matrix layout) are tiled; ``shown``/``total`` say how many that is. ``max_side`` caps both further so
+    that neither side of the array exceeds that many pixels (at one screen pixel per weight).
+    """
+    import torch
+
+    if normalize not in NORMALIZE:
+        raise UsageError(f"Unknown normalisation '{normalize}'.", f"Choose one of: {', '.join(NORMALIZE)}.")
+    if weight.dim() != 4:
+        raise UsageError(f"A conv weight has 4 dimensions (out, in, kh, kw); got shape {tuple(weight.shape)}.")
+    if max_filters is not None and max_filters < 1:
+        raise UsageError(f"--max-filters must be at least 1, got {max_filters}.")
+    if separator < 0:
+        raise UsageError(f"The separator width must be zero or more, got {separator}.")
+    total, in_channels, kh, kw = (int(s) for s in weight.shape)
+    w = weight.detach().to("cpu", torch.float32)
+    layer_max = float(w.abs().max()) if w.numel() else 0.0
+    shown = total if max_filters is None else min(total, max_filters)
+    if max_side is not None and in_channels not in (1, 3):
+        fit_rows = max(1, (max_side + separator) // (kh + separator))
+        fit_cols = max(1, (max_side + separator) // (kw + separator))
+        shown = min(shown, fit_rows)
+        max_channels = fit_cols if max_channels is None else min(max_channels, fit_cols)
+    elif max_side is not None:
+        # A near-square grid of n tiles is about sqrt(n) tiles on a side.
+        fit = max(1, (max_side + separator) // (max(kh, kw) + separator))
+        shown = min(shown, fit * fit)
+    w = w[:shown]
+
+    if normalize == "per-filter":
+        scales = w.abs().amax(dim=(1, 2, 3))
+        scales = torch.where(scales > 0, scales, torch.ones_like(scales))
+        w = w / scales.view(-1, 1, 1, 1)
+        limit = 1.0
+    else:
+        scales = torch.ones(shown)
+        limit = layer_max if layer_max > 0 else 1.0
+
+    nan = float("nan")
+    if in_channels == 3:
+        layout = "rgb-grid"
+        shown_channels = 3
+        rows, cols = grid_shape(shown)
+        # Map [-limit, limit] to [0, 1] per colour plane; 0.5 is a zero weight.
+        tiles = (0.5 + 0.5 * w / limit).clamp(0.0, 1.0).permute(0, 2, 3, 1)  # (n, kh, kw, 3)
+        tiles = _pad_cells(tiles, rows * cols, nan)
+        tiles = torch.nn.functional.pad(tiles.permute(0, 3, 1, 2), (0, separator, 0, separator), value=nan)
+        tiles = tiles.permute(0, 2, 3, 1)  # (cells, kh+s, kw+s, 3)
+        array = (
+            tiles.reshape(rows, cols, kh + separator, kw + separator, 3)
+            .permute(0, 2, 1, 3, 4)
+            .reshape(rows * (kh + separator), cols * (kw + separator), 3)
+        )
+    elif in_channels == 1:
+        layout = "grid"
+        shown_channels = 1
+        rows, cols = grid_shape(shown)
+        tiles = _pad_cells(w[:, 0], rows * cols, nan)  # (cells, kh, kw)
+        tiles = torch.nn.functional.pad(tiles, (0, separator, 0, separator), value=nan)
+        array = (
+            tiles.reshape(rows, cols, kh + separator, kw + separator)
+            .permute(0, 2, 1, 3)
+            .reshape(rows * (kh + separator), cols * (kw + separator))
+        )
+    else:
+        layout = "matrix"
+        shown_channels = in_channels if max_channels is None else max(1, min(in_channels, max_channels))
+        rows, cols = shown, shown_channels
+        tiles = torch.nn.functional.pad(w[:, :shown_channels], (0, separator, 0, separator), value=nan)
+        array = tiles.permute(0, 2, 1, 3).reshape(rows * (kh + separator), cols * (kw + separator))
+    if separator:
+        array = array[:-separator, :-separator]
+    vmin, vmax = -limit, limit
+    return FilterTiles(
+        array=array.contiguous().numpy(),
+        vmin=vmin,
+        vmax=vmax,
+        shown=shown,
+        total=total,
+        in_channels=in_channels,
+        shown_channels=shown_channels,
+        kernel_size=(kh, kw),
+        layout=layout,
+        rows=rows,
+        cols=cols,
+        separator=separator,
+        normalize=normalize,
+        scales=scales.numpy(),
+    )
+
+
+def _pad_cells(tiles: torch.Tensor, cells: int, value: float) -> torch.Tensor:
+    """Append ``value``-filled tiles along dim 0 until there are ``cells`` of them."""
+    import torch
+
+    missing = cells - tiles.shape[0]
+    if missing <= 0:
+        return tiles
+    filler = torch.full((missing, *tiles.shape[1:]), value, dtype=tiles.dtype)
+    return torch.cat([tiles, filler])
