@@ -31,7 +31,7 @@ def main(
         typer.Option("--split", help="test (the held-out test images) or val (the run's own validation images)."),
     ] = "test",
     batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", help="Images per forward pass (only speed and memory depend on it).")
+        int, typer.Option("--batch-size", "-b", help="Images per forward pass (speed and memory; only the loss's last digits may change).")
     ] = 1024,
     device: DeviceOpt = "auto",
     top_mistakes: Annotated[
