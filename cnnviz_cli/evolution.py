@@ -1,0 +1,277 @@
+"""How a layer's filters (and, for one image, its feature maps) changed over training, epoch by epoch.
+
+The data come from the per-epoch checkpoints a run keeps (``checkpoints/epoch-NNN.safetensors``, each
+verified against the sha256 in the manifest). Per filter and epoch two numbers say when a filter
+settles: the L2 distance of its weights to the previous epoch's, and the cosine similarity to its final
+weights.
+
+This module never prints and never imports typer or rich.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from cnnviz_cli.errors import ArtifactError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnviz_cli.inputs import InputImage
+    from cnnviz_cli.store import Run
+
+__all__ = [
+    "FEATUREMAP_STAGE",
+    "EpochCheckpoint",
+    "Evolution",
+    "epoch_checkpoints",
+    "filter_changes",
+    "initial_model",
+    "load_evolution",
+]
+
+EPOCH_FILE_RE = re.compile(r"^checkpoints/epoch-(\d+)\.safetensors$")
+# Feature maps are shown after the ReLU: what the next layer actually receives.
+FEATUREMAP_STAGE = "relu"
+EpochCallback = Callable[[int, int], None]  # (checkpoints loaded, checkpoints in total)
+
+
+# The shared colour scale ends at this quantile of |weight| over all epochs, so that one outlier weight
+# does not wash out every other filter; the few weights beyond it are drawn in the end colours.
+SCALE_QUANTILE = 0.99
+
+
+@dataclass(frozen=True)
+class EpochCheckpoint:
+    """One epoch's weights: a verified checkpoint file, or (epoch 0) the initial weights rebuilt from the seed."""
+
+    epoch: int
+    relpath: str | None
+    sha256: str | None
+
+    @property
+    def source(self) -> str:
+        return self.relpath or "initial weights rebuilt from the run's seed"
+
+
+def epoch_checkpoints(run: Run, manifest: dict | None = None) -> list[EpochCheckpoint]:
+    """The run's per-epoch checkpoints listed in its manifest, oldest first.
+
+    A run trained with ``--keep-checkpoints last`` holds only its final epoch; evolution needs them all.
+    """
+    manifest = manifest if manifest is not None else run.manifest()
+    found = []
+    for relpath, entry in (manifest.get("files") or {}).items():
+        match = EPOCH_FILE_RE.match(relpath)
+        if match:
+            found.append(EpochCheckpoint(int(match.group(1)), relpath, str(entry.get("sha256", ""))))
+    found.sort(key=lambda c: c.epoch)
+    options = manifest.get("options") or {}
+    epochs_done = int(manifest.get("epochs_done") or len(manifest.get("history") or []) or len(found))
+    if not found:
+        raise ArtifactError(
+            f"Run '{run.id}' lists no per-epoch checkpoints (checkpoints/epoch-NNN.safetensors).",
+            "Train a run with `cnnviz train --keep-checkpoints all` (the default).",
+        )
+    if len(found) < epochs_done:
+        kept = options.get("keep_checkpoints")
+        why = (
+            f"it was trained with --keep-checkpoints {kept}, so only"
+            if kept == "last"
+            else "only"
+        )
+        raise ArtifactError(
+            f"Run '{run.id}' trained {epochs_done} epochs but {why} {len(found)} epoch checkpoint"
+            f"{'s are' if len(found) != 1 else ' is'} kept ({', '.join(str(c.epoch) for c in found)}); "
+            "evolution needs the checkpoint of every epoch.",
+            "Train the run again with `cnnviz train --keep-checkpoints all` (the default).",
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class Evolution:
+    """A layer's weights at every epoch, on one shared colour scale, and how much each filter moved."""
+
+    run_id: str
+    layer: str
+    checkpoints: list[EpochCheckpoint]
+    weights: list[torch.Tensor]  # per epoch: (out, in, kh, kw), CPU float32
+    vmax: float  # the colour scale is [-vmax, vmax] in every frame (SCALE_QUANTILE of |weight| over all epochs)
+    l2_change: list[list[float | None]]  # [filter][epoch index]: distance to the previous epoch (None at the first)
+    cosine_to_final: list[list[float]]  # [filter][epoch index]
+    image: InputImage | None = None
+    featuremaps: list[torch.Tensor] = field(default_factory=list)  # per epoch: (channels, H, W)
+    featuremap_vmax: float = 0.0
+    max_abs_weight: float = 0.0
+    clipped_fraction: float = 0.0  # share of weights (all epochs) beyond the colour scale
+
+    @property
+    def epochs(self) -> list[int]:
+        return [c.epoch for c in self.checkpoints]
+
+    @property
+    def filters(self) -> int:
+        return int(self.weights[0].shape[0])
+
+    def epoch_summary(self) -> list[dict]:
+        """Per epoch: mean and largest L2 change over the filters, mean cosine similarity to the final filters."""
+        rows = []
+        for k, epoch in enumerate(self.epochs):
+            changes = [row[k] for row in self.l2_change if row[k] is not None]
+            cosines = [row[k] for row in self.cosine_to_final]
+            norm = float(self.weights[k].flatten(1).norm(dim=1).mean())
+            rows.append(
+                {
+                    "epoch": epoch,
+                    "mean_l2_change": sum(changes) / len(changes) if changes else None,
+                    "max_l2_change": max(changes) if changes else None,
+                    "mean_filter_norm": norm,
+                    "mean_cosine_to_final": sum(cosines) / len(cosines),
+                    "min_cosine_to_final": min(cosines),
+                }
+            )
+        return rows
+
+    @property
+    def colour_scale(self) -> dict:
+        return {
+            "vmin": -self.vmax,
+            "vmax": self.vmax,
+            "quantile": SCALE_QUANTILE,
+            "max_abs_weight": self.max_abs_weight,
+            "clipped_fraction": self.clipped_fraction,
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "layer": self.layer,
+            "epochs": self.epochs,
+            "checkpoints": [
+                {"epoch": c.epoch, "path": c.relpath, "sha256": c.sha256, "source": c.source}
+                for c in self.checkpoints
+            ],
+            "colour_scale": self.colour_scale,
+            "summary": self.epoch_summary(),
+            "filters": [
+                {
+                    "filter": i,
+                    "l2_change": self.l2_change[i],
+                    "cosine_to_final": self.cosine_to_final[i],
+                }
+                for i in range(self.filters)
+            ],
+        }
+
+
+def filter_changes(weights: list[torch.Tensor]) -> tuple[list[list[float | None]], list[list[float]]]:
+    """Per filter and epoch: L2 distance to the previous epoch (None first) and cosine similarity to the last epoch."""
+    import torch
+
+    stacked = torch.stack([w.detach().double().flatten(1) for w in weights])  # (epochs, filters, d)
+    final = stacked[-1]
+    deltas = (stacked[1:] - stacked[:-1]).norm(dim=2)  # (epochs-1, filters)
+    norms = stacked.norm(dim=2).clamp_min(1e-12)
+    cosines = (stacked * final).sum(dim=2) / (norms * final.norm(dim=1).clamp_min(1e-12))
+    n_filters = stacked.shape[1]
+    l2: list[list[float | None]] = [[None] + [float(d) for d in deltas[:, i]] for i in range(n_filters)]
+    cos = [[float(c) for c in cosines[:, i]] for i in range(n_filters)]
+    return l2, cos
+
+
+def initial_model(manifest: dict):
+    """The run's weights before the first step, rebuilt exactly as training built them (seeded, on the CPU).
+
+    Only trusted with the torch version the run was trained with: the random initialisation may differ
+    between versions.
+    """
+    import torch
+
+    from cnnviz_cli.config import ModelConfig
+    from cnnviz_cli.model import Net
+
+    trained_with = (manifest.get("versions") or {}).get("torch")
+    if trained_with != torch.__version__:
+        raise UsageError(
+            f"--initial rebuilds the initial weights from the seed, which needs the torch version the run was "
+            f"trained with ({trained_with or 'not recorded'}); this is torch {torch.__version__}.",
+            "Leave out --initial.",
+        )
+    options = manifest.get("options") or {}
+    config = ModelConfig(**options.get("model", {}))
+    torch.manual_seed(int(options.get("seed", manifest.get("seed", 0))))
+    return Net(config).eval()
+
+
+def load_evolution(
+    run: Run,
+    layer: str,
+    *,
+    image: InputImage | None = None,
+    include_initial: bool = False,
+    on_epoch: EpochCallback | None = None,
+) -> Evolution:
+    """Load every epoch checkpoint of ``run`` (verified), collect ``layer``'s weights and, with ``image``, its feature maps.
+
+    ``include_initial`` adds epoch 0: the weights before training, rebuilt from the run's seed.
+    """
+    import torch
+
+    from cnnviz_cli.checkpoint import load_checkpoint
+    from cnnviz_cli.config import ModelConfig
+    from cnnviz_cli.probe import capture_activations
+
+    manifest = run.manifest()
+    checkpoints = epoch_checkpoints(run, manifest)
+    try:
+        config = ModelConfig(**(manifest.get("options") or {}).get("model", {}))
+    except TypeError as exc:
+        raise ArtifactError(f"The manifest of run '{run.id}' describes no valid model ({exc}).") from None
+    if layer not in config.conv_names:
+        raise UsageError(f"Unknown layer '{layer}'.", f"Valid layers: {', '.join(config.conv_names)}.")
+    first = initial_model(manifest) if include_initial else None
+    if first is not None:
+        checkpoints = [EpochCheckpoint(0, None, None), *checkpoints]
+
+    weights: list[torch.Tensor] = []
+    featuremaps: list[torch.Tensor] = []
+    for done, item in enumerate(checkpoints, start=1):
+        if item.relpath is None:
+            model = first
+        else:
+            model, info = load_checkpoint(run.verified_file(item.relpath), "cpu")
+            if info.epoch != item.epoch:
+                raise ArtifactError(
+                    f"{item.relpath} of run '{run.id}' says it holds epoch {info.epoch}, not {item.epoch}."
+                )
+        weights.append(model.block(layer)["conv"].weight.detach().to(torch.float32).clone())
+        if image is not None:
+            with torch.inference_mode(), capture_activations(model, [layer], [FEATUREMAP_STAGE]) as captured:
+                model(image.tensor.to(torch.float32))
+            featuremaps.append(captured[f"{layer}.{FEATUREMAP_STAGE}"][0].to(torch.float32).clone())
+        if on_epoch is not None:
+            on_epoch(done, len(checkpoints))
+
+    l2, cos = filter_changes(weights)
+    magnitudes = torch.cat([w.abs().flatten() for w in weights])
+    max_abs = float(magnitudes.max())
+    vmax = float(torch.quantile(magnitudes.double(), SCALE_QUANTILE)) or max_abs or 1.0
+    fm_vmax = max((float(f.max()) for f in featuremaps), default=0.0)
+    return Evolution(
+        run_id=run.id,
+        layer=layer,
+        checkpoints=checkpoints,
+        weights=weights,
+        vmax=vmax,
+        l2_change=l2,
+        cosine_to_final=cos,
+        image=image,
+        featuremaps=featuremaps,
+        featuremap_vmax=fm_vmax if fm_vmax > 0 else 1.0,
+        max_abs_weight=max_abs,
+        clipped_fraction=float((magnitudes > vmax).double().mean()),
+    )
