@@ -423,7 +423,8 @@ def metrics_document(evaluation: RunEvaluation) -> dict:
         "checkpoint_sha256": evaluation.checkpoint.sha256,
         "checkpoint_epoch": evaluation.checkpoint.epoch,
         "data_source": evaluation.data.source,
-        "options": {k: v for k, v in evaluation.options.items() if k not in ("device", "batch_size")},
+        # Only what shapes the content: how the data was found or computed is in the manifest's record.
+        "options": {k: evaluation.options[k] for k in ("dataset", "split", "top_mistakes")},
         **evaluation.result.to_dict(),
     }
 
