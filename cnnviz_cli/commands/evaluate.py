@@ -43,8 +43,9 @@ def main(
 ) -> None:
     """Evaluate a run's model: accuracy and loss, per-class precision/recall/F1, the confusion matrix.
 
-    Writes evaluation/metrics.json, evaluation/confusion_matrix.png and evaluation/mistakes.png (the
-    most confidently wrong images) into the run folder; --split val writes to evaluation-val/.
+    Writes metrics.json, confusion_matrix.png and mistakes.png into the run's evaluation/ folder.
+
+    mistakes.png shows the most confidently wrong images; --split val writes to evaluation-val/ instead.
 
     Example: cnnviz evaluate --run 20250101-120000 --json
     """
