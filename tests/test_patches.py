@@ -1,0 +1,163 @@
+"""`cnnviz patches`: the running top-K against a brute-force pass, crops, outputs and errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import assert_clean_error, cli, tree_digest
+
+from cnnviz_cli.config import ModelConfig
+from cnnviz_cli.patches import RunningTopK, crop, top_patches
+from cnnviz_cli.receptive import field_for
+
+
+def _brute_force(activations: torch.Tensor, k: int) -> list[list[tuple[int, int, int, float]]]:
+    """Per channel: every image's first strongest position, ranked by value, ties to the lower image index."""
+    n, c, _h, w = activations.shape
+    result = []
+    for ch in range(c):
+        candidates = []
+        for image in range(n):
+            flat = activations[image, ch].flatten()
+            best = float(flat.max())
+            position = int((flat == best).nonzero()[0])  # the first maximal position, row-major
+            candidates.append((image, position // w, position % w, best))
+        candidates.sort(key=lambda t: (-t[3], t[0]))
+        result.append(candidates[:k])
+    return result
+
+
+@pytest.mark.parametrize("batch", [1, 7, 50])
+def test_running_top_k_matches_brute_force_with_ties(batch):
+    # Small integers make many ties, between images and inside one image.
+    torch.manual_seed(0)
+    activations = torch.randint(0, 4, (50, 3, 5, 5)).float()
+    activations[:, 2] = 0  # a channel that never fires: every image ties at its first position
+    running = RunningTopK(6)
+    for start in range(0, 50, batch):
+        running.update(activations[start : start + batch], start)
+    top = running.result()
+    got = [
+        [(int(top.images[ch, r]), int(top.ys[ch, r]), int(top.xs[ch, r]), float(top.values[ch, r])) for r in range(6)]
+        for ch in range(3)
+    ]
+    assert got == _brute_force(activations, 6)
+    assert got[2] == [(i, 0, 0, 0.0) for i in range(6)]
+
+
+def test_crop_is_the_input_window_padded_with_nan():
+    image = torch.arange(28 * 28, dtype=torch.float32).reshape(28, 28)
+    field = field_for(ModelConfig(), "conv2")  # 14×14, window of unit (y, x) starts at (2y - 6, 2x - 6)
+    inside = crop(image, field, 5, 6)
+    assert torch.equal(inside, image[4:18, 6:20])
+    corner = crop(image, field, 0, 13)  # rows -6..7, columns 20..33
+    assert torch.equal(corner[6:, :8], image[0:8, 20:28])
+    assert corner[:6].isnan().all() and corner[:, 8:].isnan().all()
+    assert not corner[6:, :8].isnan().any()
+
+
+def _model_and_test_images(artifacts, run_id, tiny_data):
+    from cnnviz_cli.checkpoint import load_run_model
+    from cnnviz_cli.data import load_split
+    from cnnviz_cli.store import Store
+
+    model, _ = load_run_model(Store(artifacts).get_complete(run_id))
+    return model, load_split("mnist", "test", tiny_data, offline=True).images
+
+
+def _relu_activations(model, images) -> dict[str, torch.Tensor]:
+    from cnnviz_cli.data import to_float
+    from cnnviz_cli.probe import capture_activations
+
+    with torch.no_grad(), capture_activations(model, model.conv_names, ["relu"]) as captured:
+        model(to_float(images))
+        return {layer: captured[f"{layer}.relu"].clone() for layer in model.conv_names}
+
+
+def test_core_crops_show_the_winning_pixels(trained_store, tiny_data):
+    model, images = _model_and_test_images(*trained_store, tiny_data)
+    (result,) = top_patches(model, images, ["conv2"], k=3, batch_size=64)
+    for ch in (0, 5, 31):
+        for rank in range(3):
+            image = int(result.top.images[ch, rank])
+            top, left = result.field.window(int(result.top.ys[ch, rank]), int(result.top.xs[ch, rank]))
+            padded = torch.nn.functional.pad(images[image].float() / 255, (20, 20, 20, 20), value=float("nan"))
+            expected = padded[top + 20 : top + 34, left + 20 : left + 34]
+            assert torch.equal(result.crops[ch, rank].isnan(), expected.isnan())
+            assert torch.equal(result.crops[ch, rank].nan_to_num(-1), expected.nan_to_num(-1))
+
+
+def test_patches_cli_matches_brute_force(store_copy, tiny_data):
+    artifacts, run_id = store_copy
+    result = cli(
+        "patches", "--artifacts", artifacts, "--data-dir", tiny_data, "--offline",
+        "--top", "5", "--batch-size", "37", "--json",
+    )
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["run_id"] == run_id and doc["images"] == 200 and doc["top"] == 5 and doc["split"] == "test"
+    assert "Receptive fields" in result.stderr and "14×14" in result.stderr
+
+    model, images = _model_and_test_images(artifacts, run_id, tiny_data)
+    activations = _relu_activations(model, images)
+    for layer, acts in activations.items():
+        channels = doc["layers"][layer]["channels"]
+        assert len(channels) == acts.shape[1]
+        expected = _brute_force(acts, 5)
+        for ch, entry in enumerate(channels):
+            got = [(e["image"], e["y"], e["x"]) for e in entry["top"]]
+            assert got == [t[:3] for t in expected[ch]], (layer, ch)
+            assert [e["activation"] for e in entry["top"]] == pytest.approx([t[3] for t in expected[ch]], abs=1e-5)
+            # The top-1 entry is the largest activation anywhere in the dataset.
+            assert entry["top"][0]["activation"] == pytest.approx(float(acts[:, ch].max()), abs=1e-5)
+    conv2 = doc["layers"]["conv2"]
+    assert conv2["receptive_field"] == {
+        "layer": "conv2", "stage": "conv", "output_size": 14, "size": 14, "jump": 2, "start": 0.5,
+    }
+    first = conv2["channels"][0]["top"][0]
+    assert first["window"] == [2 * first["y"] - 6, 2 * first["x"] - 6, 2 * first["y"] + 8, 2 * first["x"] + 8]
+
+    manifest = json.loads((artifacts / run_id / "manifest.json").read_text())
+    output = manifest["outputs"]["patches"]
+    assert output["files"] == ["patches/conv1.png", "patches/conv2.png", "patches/patches.json"]
+    assert output["checkpoint_sha256"] == manifest["files"]["model.safetensors"]["sha256"]
+    assert output["top"] == 5 and output["images"] == 200
+    for rel in output["files"]:
+        assert rel in manifest["files"] and (artifacts / run_id / rel).is_file()
+    assert doc["figures"]["conv2"] == str(artifacts / run_id / "patches" / "conv2.png")
+    sidecar = json.loads((artifacts / run_id / "patches" / "patches.json").read_text())
+    assert sidecar["layers"] == doc["layers"]
+
+
+def test_limit_and_one_layer(store_copy, tiny_data):
+    artifacts, run_id = store_copy
+    result = cli(
+        "patches", "--artifacts", artifacts, "--data-dir", tiny_data, "--layer", "conv1",
+        "--limit", "3", "--top", "9", "--json", "--quiet",
+    )
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert list(doc["layers"]) == ["conv1"] and doc["images"] == 3 and doc["top"] == 3
+    assert "more than the 3 images" in result.stderr
+    for channel in doc["layers"]["conv1"]["channels"]:
+        assert sorted(e["image"] for e in channel["top"]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["--layer", "conv9"], 2, "valid layers: conv1, conv2"),
+        (["--top", "0"], 2, "--top"),
+        (["--split", "everything"], 2, "test"),
+        (["--limit", "0"], 2, "--limit"),
+        (["--run", "no-such-run"], 4, "no-such-run"),
+    ],
+)
+def test_errors_are_clean_and_leave_the_store_alone(store_copy, tiny_data, args, code, needle):
+    artifacts, _ = store_copy
+    before = tree_digest(artifacts)
+    result = cli("patches", "--artifacts", artifacts, "--data-dir", tiny_data, *args)
+    assert_clean_error(result, code, needle)
+    assert tree_digest(artifacts) == before
