@@ -1,0 +1,373 @@
+"""Two runs side by side: differing options, metrics on the same images, confusion difference, matched filters.
+
+Both runs are evaluated on exactly the same images (the test set, or a validation split both runs
+held out), with ``evaluation.evaluate_model``. Filters of conv layers with the same shape are paired
+one-to-one by cosine similarity (``matching.match_filters``); a later layer's input channels are first
+put in the order of the previous layer's matching, since a second run may learn the same channels in a
+different order.
+
+This module never prints and never imports typer or rich.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cnnviz_cli.errors import DataError, GateFailed, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnviz_cli.checkpoint import Checkpoint
+    from cnnviz_cli.evaluation import EvaluationResult
+    from cnnviz_cli.store import Run, Store
+
+__all__ = [
+    "COMPARE_SPLITS",
+    "Comparison",
+    "LayerMatch",
+    "check_gate",
+    "compare_runs",
+    "differing_options",
+    "parse_delta",
+]
+
+COMPARE_SPLITS = ("test", "val")
+BatchCallback = Callable[[int, int], None]
+# Options that say how a run was executed, not what it learned; shown, but never a reason to refuse a comparison.
+VAL_CARVING = ("val_fraction", "seed", "limit")
+
+
+def parse_delta(text: str | None) -> float | None:
+    """``--fail-below``: a fraction such as 0.01, or a percentage such as 1%."""
+    if text is None:
+        return None
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise UsageError(
+            f"--fail-below '{text}' is not a number.", "Pass a fraction such as 0.01 or a percentage such as 1%."
+        ) from None
+    if not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise UsageError(
+            f"--fail-below must be at least 0 and below 1 (100%), got {text}.",
+            "Pass a fraction such as 0.01 or a percentage such as 1%.",
+        )
+    return value
+
+
+def _flatten(prefix: str, value, out: dict) -> None:
+    if isinstance(value, dict):
+        for key in sorted(value):
+            _flatten(f"{prefix}.{key}" if prefix else str(key), value[key], out)
+    else:
+        out[prefix] = value
+
+
+def differing_options(manifest_a: dict, manifest_b: dict) -> tuple[list[dict], int]:
+    """Options (and library versions) whose values differ between two manifests, and how many are equal."""
+    flat_a: dict = {}
+    flat_b: dict = {}
+    for flat, manifest in ((flat_a, manifest_a), (flat_b, manifest_b)):
+        _flatten("", manifest.get("options") or {}, flat)
+        _flatten("versions", manifest.get("versions") or {}, flat)
+        flat["epochs_done"] = manifest.get("epochs_done", len(manifest.get("history") or []))
+    keys = sorted(set(flat_a) | set(flat_b))
+    differing = [
+        {"option": key, "a": flat_a.get(key), "b": flat_b.get(key)}
+        for key in keys
+        if flat_a.get(key) != flat_b.get(key)
+    ]
+    return differing, len(keys) - len(differing)
+
+
+@dataclass(frozen=True)
+class LayerMatch:
+    """Filters of one conv layer of run A paired with run B's (``pairs[i]`` is B's filter for A's filter ``i``)."""
+
+    layer: str
+    shape: tuple[int, ...]
+    pairs: list[int]
+    similarity: list[float]
+    identity_similarity: list[float]
+    inputs_aligned_by: str | None  # the previous layer whose matching reordered B's input channels
+
+    @property
+    def mean_similarity(self) -> float:
+        return sum(self.similarity) / len(self.similarity)
+
+    @property
+    def identity_mean_similarity(self) -> float:
+        return sum(self.identity_similarity) / len(self.identity_similarity)
+
+    def to_dict(self) -> dict:
+        return {
+            "layer": self.layer,
+            "shape": list(self.shape),
+            "mean_similarity": self.mean_similarity,
+            "identity_mean_similarity": self.identity_mean_similarity,
+            "min_similarity": min(self.similarity),
+            "max_similarity": max(self.similarity),
+            "inputs_aligned_by": self.inputs_aligned_by,
+            "pairs": [
+                {"a": i, "b": j, "similarity": s}
+                for i, (j, s) in enumerate(zip(self.pairs, self.similarity, strict=True))
+            ],
+        }
+
+
+def match_layers(weights_a: dict[str, torch.Tensor], weights_b: dict[str, torch.Tensor], layers: list[str]):
+    """Match every layer whose weights have the same shape in both runs, in order, aligning input channels."""
+    from cnnviz_cli.matching import match_filters
+
+    matches: list[LayerMatch] = []
+    skipped: list[dict] = []
+    previous: LayerMatch | None = None
+    aligned_b: dict[str, torch.Tensor] = {}
+    for layer in layers:
+        a, b = weights_a.get(layer), weights_b.get(layer)
+        if a is None or b is None or tuple(a.shape) != tuple(b.shape):
+            skipped.append(
+                {
+                    "layer": layer,
+                    "a": list(a.shape) if a is not None else None,
+                    "b": list(b.shape) if b is not None else None,
+                }
+            )
+            previous = None
+            continue
+        aligned_by = None
+        if previous is not None and len(previous.pairs) == b.shape[1]:
+            b = b[:, previous.pairs]
+            aligned_by = previous.layer
+        match = match_filters(a, b)
+        aligned_b[layer] = b
+        previous = LayerMatch(
+            layer=layer,
+            shape=tuple(int(s) for s in a.shape),
+            pairs=match.pairs,
+            similarity=match.similarity,
+            identity_similarity=match.identity_similarity,
+            inputs_aligned_by=aligned_by,
+        )
+        matches.append(previous)
+    return matches, skipped, aligned_b
+
+
+@dataclass(frozen=True)
+class Comparison:
+    run_a: Run
+    run_b: Run
+    checkpoint_a: Checkpoint
+    checkpoint_b: Checkpoint
+    dataset: str
+    split: str
+    data_source: str
+    options: list[dict]
+    equal_options: int
+    result_a: EvaluationResult
+    result_b: EvaluationResult
+    layers: list[LayerMatch]
+    skipped_layers: list[dict]
+    weights_a: dict = field(repr=False)
+    weights_b_aligned: dict = field(repr=False)  # B's weights with input channels in A's order
+
+    @property
+    def accuracy_delta(self) -> float:
+        """B's accuracy minus A's (a fraction; negative when B is worse)."""
+        return self.result_b.accuracy - self.result_a.accuracy
+
+    @property
+    def per_class(self) -> list[dict]:
+        rows = []
+        for row_a, row_b in zip(self.result_a.per_class, self.result_b.per_class, strict=True):
+            rows.append(
+                {
+                    "class": row_a["class"],
+                    "name": row_a["name"],
+                    "support": row_a["support"],
+                    "a": row_a["accuracy"],
+                    "b": row_b["accuracy"],
+                    "difference": row_b["accuracy"] - row_a["accuracy"],
+                    "f1_a": row_a["f1"],
+                    "f1_b": row_b["f1"],
+                }
+            )
+        return rows
+
+    @property
+    def confusion_difference(self) -> list[list[int]]:
+        """B's confusion matrix minus A's (rows = true class, columns = predicted class)."""
+        return [
+            [int(b) - int(a) for a, b in zip(row_a, row_b, strict=True)]
+            for row_a, row_b in zip(self.result_a.confusion, self.result_b.confusion, strict=True)
+        ]
+
+    def to_dict(self) -> dict:
+        def metrics(result, checkpoint, run) -> dict:
+            return {
+                "run_id": run.id,
+                "checkpoint": "model.safetensors",
+                "checkpoint_sha256": checkpoint.sha256,
+                "epoch": checkpoint.epoch,
+                "accuracy": result.accuracy,
+                "loss": result.loss,
+                "correct": result.correct,
+                "macro_f1": result.macro["f1"],
+                "confusion_matrix": result.confusion,
+            }
+
+        return {
+            "run_a": self.run_a.id,
+            "run_b": self.run_b.id,
+            "dataset": self.dataset,
+            "split": self.split,
+            "n": self.result_a.n,
+            "data_source": self.data_source,
+            "classes": list(self.result_a.classes),
+            "options_differing": self.options,
+            "options_equal": self.equal_options,
+            "a": metrics(self.result_a, self.checkpoint_a, self.run_a),
+            "b": metrics(self.result_b, self.checkpoint_b, self.run_b),
+            "accuracy_difference": self.accuracy_delta,
+            "loss_difference": self.result_b.loss - self.result_a.loss,
+            "per_class": self.per_class,
+            "confusion_difference": self.confusion_difference,
+            "filters": [m.to_dict() for m in self.layers],
+            "filters_not_compared": self.skipped_layers,
+        }
+
+
+def _val_carving(manifest: dict) -> dict:
+    options = manifest.get("options") or {}
+    return {key: options.get(key) for key in VAL_CARVING} | {"dataset": manifest.get("dataset")}
+
+
+def compare_runs(
+    store: Store,
+    run_a: str,
+    run_b: str,
+    *,
+    dataset: str | None = None,
+    split: str = "test",
+    data_dir: Path | None = None,
+    offline: bool = False,
+    device: str = "auto",
+    on_batch: BatchCallback | None = None,
+) -> Comparison:
+    """Evaluate both runs' final models on the same images and match their filters."""
+    from cnnviz_cli.checkpoint import load_run_model
+    from cnnviz_cli.data import check_dataset
+    from cnnviz_cli.evaluation import evaluate_model
+    from cnnviz_cli.inputs import run_split
+    from cnnviz_cli.training import pick_device
+
+    if split not in COMPARE_SPLITS:
+        raise UsageError(
+            f"Unknown split '{split}' for compare.",
+            "Choose test (the held-out test images) or val (a validation split both runs held out).",
+        )
+    if dataset is not None:
+        check_dataset(dataset)
+    first = store.get_complete(run_a)
+    second = store.get_complete(run_b)
+    manifest_a, manifest_b = first.manifest(), second.manifest()
+    dataset_a, dataset_b = manifest_a.get("dataset") or "mnist", manifest_b.get("dataset") or "mnist"
+    if dataset is None:
+        if dataset_a != dataset_b:
+            raise UsageError(
+                f"Run '{first.id}' was trained on {dataset_a} and run '{second.id}' on {dataset_b}.",
+                "Pass --dataset to evaluate both on the same images.",
+            )
+        dataset = dataset_a
+    if split == "val":
+        carving_a, carving_b = _val_carving(manifest_a), _val_carving(manifest_b)
+        if carving_a != carving_b:
+            differ = ", ".join(k for k in carving_a if carving_a[k] != carving_b[k])
+            raise UsageError(
+                f"The two runs held out different validation images (their {differ} differ), so --split val "
+                "would score each on images the other one trained on.",
+                "Use --split test.",
+            )
+        if dataset != dataset_a:
+            raise UsageError("--split val means the runs' own validation images.", "Drop --dataset, or use --split test.")
+
+    torch_device = pick_device(device)
+    model_a, checkpoint_a = load_run_model(first, torch_device)
+    model_b, checkpoint_b = load_run_model(second, torch_device)
+    data = run_split(manifest_a, split, dataset=dataset, data_dir=data_dir, offline=offline)
+    for run, checkpoint in ((first, checkpoint_a), (second, checkpoint_b)):
+        config = checkpoint.model_config
+        if len(data.classes) != config.num_classes:
+            raise DataError(
+                f"{dataset} has {len(data.classes)} classes but the model of run '{run.id}' predicts "
+                f"{config.num_classes}.",
+                "Compare on the dataset the runs were trained on.",
+            )
+        if tuple(data.images.shape[1:]) != (config.image_size, config.image_size):
+            raise DataError(
+                f"The {dataset} images are {tuple(data.images.shape[1:])} pixels but run '{run.id}' expects "
+                f"{config.image_size}×{config.image_size}."
+            )
+
+    total = 2 * max(1, math.ceil(len(data) / 1024))
+    result_a = evaluate_model(
+        model_a, data, on_batch=(lambda d, _t: on_batch(d, total)) if on_batch else None, top_mistakes=0
+    )
+    half = total // 2
+    result_b = evaluate_model(
+        model_b, data, on_batch=(lambda d, _t: on_batch(half + d, total)) if on_batch else None, top_mistakes=0
+    )
+
+    def conv_weights(model) -> dict:
+        return {name: model.block(name)["conv"].weight.detach().to("cpu").float() for name in model.conv_names}
+
+    weights_a, weights_b = conv_weights(model_a), conv_weights(model_b)
+    layers = list(dict.fromkeys([*model_a.conv_names, *model_b.conv_names]))
+    matches, skipped, aligned_b = match_layers(weights_a, weights_b, layers)
+    differing, equal = differing_options(manifest_a, manifest_b)
+    return Comparison(
+        run_a=first,
+        run_b=second,
+        checkpoint_a=checkpoint_a,
+        checkpoint_b=checkpoint_b,
+        dataset=dataset,
+        split=split,
+        data_source=data.source,
+        options=differing,
+        equal_options=equal,
+        result_a=result_a,
+        result_b=result_b,
+        layers=matches,
+        skipped_layers=skipped,
+        weights_a=weights_a,
+        weights_b_aligned=aligned_b,
+    )
+
+
+def check_gate(comparison: Comparison, fail_below: float | None) -> dict | None:
+    """The ``--fail-below`` verdict as a dict (None without a gate)."""
+    if fail_below is None:
+        return None
+    drop = comparison.result_a.accuracy - comparison.result_b.accuracy
+    return {
+        "fail_below": fail_below,
+        "accuracy_a": comparison.result_a.accuracy,
+        "accuracy_b": comparison.result_b.accuracy,
+        "drop": drop,
+        "passed": not drop > fail_below + 1e-12,
+    }
+
+
+def gate_error(comparison: Comparison, gate: dict) -> GateFailed:
+    a, b = comparison.run_a.id, comparison.run_b.id
+    return GateFailed(
+        f"Run B ({b}) scores {gate['accuracy_b']:.2%} on {comparison.dataset} {comparison.split}, "
+        f"{gate['drop'] * 100:.2f} percentage points below run A ({a}, {gate['accuracy_a']:.2%}); "
+        f"--fail-below allows {gate['fail_below'] * 100:.2f} points.",
+    )
