@@ -178,8 +178,25 @@ def train_run(
     resume: str | None = None,
     command: list[str] | None = None,
 ) -> TrainResult:
-    """Train a new run (or continue ``resume``) in ``store``; returns what was stored."""
-    progress = progress or TrainProgress()
+    """Train a new run (or continue ``resume``) in ``store``; returns what was stored.
+
+    SIGINT/SIGTERM are caught for the whole call: before the run exists they cancel cleanly, later
+    they stop training at the next batch boundary.
+    """
+    with _stop_on_signals() as stop:
+        return _train_run(store, config, data_dir, offline, progress or TrainProgress(), resume, command, stop)
+
+
+def _train_run(
+    store: Store,
+    config: TrainConfig,
+    data_dir: Path | None,
+    offline: bool,
+    progress: TrainProgress,
+    resume: str | None,
+    command: list[str] | None,
+    stop: _StopFlag,
+) -> TrainResult:
     device = pick_device(config.device)
     if resume is not None:
         run, config, history = _prepare_resume(store, resume, config)
@@ -196,6 +213,8 @@ def train_run(
         val_fraction=config.val_fraction, seed=config.seed, limit=config.limit,
     )
     classes = CLASS_NAMES[config.dataset]
+    if stop():
+        raise Interrupted("Training was interrupted before it started; nothing was stored.")
 
     torch.manual_seed(config.seed)
     model = Net(config.model).to(device)
@@ -232,27 +251,26 @@ def train_run(
     progress.start(run.id, start_epoch, config.epochs, batches)
 
     try:
-        with _stop_on_signals() as stop:
-            for epoch in range(start_epoch, config.epochs + 1):
-                started = time.perf_counter()
-                stats = train_epoch(
-                    model, optimizer, train_x, train_y,
-                    batch_size=config.batch_size,
-                    generator=epoch_generator(config.seed, epoch),
-                    precision=config.precision,
-                    on_batch=lambda done, total, e=epoch: progress.batch(e, done, total),
-                    should_stop=stop,
-                )
-                if stats is None:
-                    break
-                val_stats = evaluate(model, val_x, val_y, batch_size=max(1024, config.batch_size))
-                row = _epoch_row(epoch, stats, val_stats, time.perf_counter() - started)
-                _store_epoch(run, config, model, optimizer, classes, row)
-                history.append(row)
-                progress.epoch(row)
-                if stop():
-                    break
-        if stop():
+        for epoch in range(start_epoch, config.epochs + 1):
+            started = time.perf_counter()
+            stats = train_epoch(
+                model, optimizer, train_x, train_y,
+                batch_size=config.batch_size,
+                generator=epoch_generator(config.seed, epoch),
+                precision=config.precision,
+                on_batch=lambda done, total, e=epoch: progress.batch(e, done, total),
+                should_stop=stop,
+            )
+            if stats is None:
+                break
+            val_stats = evaluate(model, val_x, val_y, batch_size=max(1024, config.batch_size))
+            row = _epoch_row(epoch, stats, val_stats, time.perf_counter() - started)
+            _store_epoch(run, config, model, optimizer, classes, row)
+            history.append(row)
+            progress.epoch(row)
+            if stop():
+                break
+        if stop() and len(history) < config.epochs:
             _set_status(run, "interrupted", interrupted=utc_now())
             done = len(history)
             raise Interrupted(
@@ -261,7 +279,11 @@ def train_run(
                 f"Continue it with `cnnviz train --resume {run.id}`.",
             )
         _finish(run, config, history, model, classes)
-    except (Interrupted, KeyboardInterrupt):
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            _set_status(run, "interrupted", interrupted=utc_now())
         raise
     except BaseException as exc:
         with contextlib.suppress(Exception):
