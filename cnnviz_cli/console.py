@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -69,7 +70,7 @@ def fmt_pct(value: float) -> str:
 
 def table(title: str | None, columns: Sequence[str | tuple[str, str]], rows: Iterable[Sequence[object]]) -> Table:
     """A Rich table; a column given as (name, 'right') is right-aligned."""
-    result = Table(title=title, title_justify="left", header_style="bold")
+    result = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
     for column in columns:
         name, justify = column if isinstance(column, tuple) else (column, "left")
         result.add_column(name, justify=justify)

@@ -74,7 +74,7 @@ def test_human_output_shows_epoch_rows_and_summary(tiny_data, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""
     assert "1/2" in result.stderr and "2/2" in result.stderr and "Training summary" in result.stderr
-    assert "batches" in result.stderr  # plain line-by-line progress when not on a terminal
+    assert "\x1b[" not in result.stderr  # no colour codes or live bars when stderr is not a terminal
 
 
 def test_same_seed_gives_bit_identical_weights(tiny_data, tmp_path):
@@ -137,7 +137,7 @@ def test_runs_lists_runs_with_status(trained_store):
     store, run_id = trained_store
     result = cli("runs", "--artifacts", store)
     assert result.exit_code == 0
-    assert run_id in result.stderr and "complete" in result.stderr and "(latest)" in result.stderr
+    assert f"* {run_id}" in result.stderr and "complete" in result.stderr
     doc = json.loads(cli("runs", "--artifacts", store, "--json").stdout)
     row = doc["runs"][0]
     assert row["run_id"] == run_id and row["epochs_done"] == 2 and row["latest"] is True

@@ -44,19 +44,25 @@ def main(artifacts: ArtifactsOpt = None, json_out: JsonOpt = False) -> None:
         console.info(f"No runs in {store.root} yet. Train one with `cnnviz train`.")
         return
     table = console.table(
-        f"Runs in {store.root}",
-        ["run", "created", "dataset", ("epochs", "right"), ("best val acc", "right"), "status"],
+        f"Runs in {store.root} (times in UTC)",
+        ["  run", "created", "dataset", ("epochs", "right"), ("best val", "right"), "status"],
         [],
     )
+    table.columns[0].no_wrap = True
+    table.columns[1].no_wrap = True
+    table.columns[2].min_width = 13
+    table.pad_edge = False
     for row in rows:
         style = STATUS_STYLE.get(row["status"], "")
         status = f"[{style}]{row['status']}[/]" if style else str(row["status"])
         table.add_row(
-            row["run_id"] + (" (latest)" if row["latest"] else ""),
-            (row["created"] or "-").replace("T", " ").replace("+00:00", "Z"),
+            ("* " if row["latest"] else "  ") + row["run_id"],
+            (row["created"] or "-").replace("T", " ")[5:16],
             row["dataset"] or "-",
             f"{row['epochs_done']}/{row['epochs'] or '?'}",
             console.fmt_pct(row["best_val_accuracy"]),
             status,
         )
+    table.caption = "* = latest complete run, used when --run is not given"
+    table.caption_justify = "left"
     console.console().print(table)

@@ -122,7 +122,9 @@ def _summary(result, elapsed: float):
         ("checkpoint", str(result.checkpoint)),
         ("time", f"{elapsed:.1f} s on {result.device}"),
     ]
-    return table("Training summary", ["", ""], rows)
+    summary = table("Training summary", ["", ""], rows)
+    summary.show_header = False
+    return summary
 
 
 def _make_progress(quiet: bool):
@@ -158,7 +160,7 @@ def _make_progress(quiet: bool):
                 self.bar.update(self.batch_task, completed=done, total=total, description=f"epoch {epoch}")
                 return
             quarter = (4 * done) // total
-            if quarter != self._last_quarter and 0 < quarter < 4:
+            if total >= 40 and quarter != self._last_quarter and 0 < quarter < 4:
                 self.console.print(f"  epoch {epoch}: {done}/{total} batches")
             self._last_quarter = quarter
 
