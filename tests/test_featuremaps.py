@@ -58,7 +58,11 @@ def test_exported_activations_equal_a_plain_forward_pass(store_copy, tiny_data):
     assert doc["probabilities"] == pytest.approx(probabilities.tolist(), abs=1e-6)
     assert doc["input"]["label"] == int(TEST_LABELS[3])
     assert doc["input"]["provenance"] == {
-        "kind": "index", "dataset": "mnist", "split": "test", "index": 3, "label": int(TEST_LABELS[3])
+        "kind": "index",
+        "dataset": "mnist",
+        "split": "test",
+        "index": 3,
+        "label": int(TEST_LABELS[3]),
     }
     assert doc["images"] == [str(folder / name) for name in ("conv1-relu.png", "conv2-relu.png", "overview.png")]
     assert doc["channels"] == {"conv1.relu": list(range(16)), "conv2.relu": list(range(32))}
@@ -79,8 +83,21 @@ def test_exported_activations_equal_a_plain_forward_pass(store_copy, tiny_data):
 def test_top_k_and_all_stages(store_copy, tiny_data):
     store, run_id = store_copy
     result = cli(
-        "featuremaps", "--image", "0", "--artifacts", store, "--data-dir", tiny_data, "--layer", "conv2",
-        "--stage", "all", "--top", "3", "--json", "--quiet",
+        "featuremaps",
+        "--image",
+        "0",
+        "--artifacts",
+        store,
+        "--data-dir",
+        tiny_data,
+        "--layer",
+        "conv2",
+        "--stage",
+        "all",
+        "--top",
+        "3",
+        "--json",
+        "--quiet",
     )
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)

@@ -33,8 +33,11 @@ def main(
     ] = "relu",
     top: Annotated[
         int | None,
-        typer.Option("--top", help="Draw only the K channels with the highest mean activation. [default: all]",
-                     show_default=False),
+        typer.Option(
+            "--top",
+            help="Draw only the K channels with the highest mean activation. [default: all]",
+            show_default=False,
+        ),
     ] = None,
     invert: InvertOpt = False,
     data_dir: DataDirOpt = None,
@@ -52,6 +55,27 @@ def main(
 
     Examples: cnnviz featuremaps --image 7 ;  cnnviz featuremaps --image my_digit.png --invert --top 8
     """
+    from cnnviz_cli.featuremaps import single_threaded
+    from cnnviz_cli.plots.filters import gc_paused
+
+    with gc_paused(), single_threaded():
+        _main(
+            image=image,
+            run_id=run_id,
+            split=split,
+            layer=layer,
+            stage=stage,
+            top=top,
+            invert=invert,
+            data_dir=data_dir,
+            offline=offline,
+            artifacts=artifacts,
+            json_out=json_out,
+            quiet=quiet,
+        )
+
+
+def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, artifacts, json_out, quiet) -> None:
     from cnnviz_cli import console
     from cnnviz_cli.data import SPLITS
     from cnnviz_cli.errors import UsageError
@@ -76,7 +100,12 @@ def main(
     model, checkpoint = load_run_model(run, "cpu")
     layers = check_layers(model, layer)
     picture = resolve_image(
-        image, manifest, split=split, data_dir=data_dir, offline=offline, invert=invert,
+        image,
+        manifest,
+        split=split,
+        data_dir=data_dir,
+        offline=offline,
+        invert=invert,
         size=checkpoint.model_config.image_size,
     )
     for note in picture.notes:
@@ -89,7 +118,9 @@ def main(
     classes = checkpoint.classes
     predicted = classes[maps.prediction]
     truth = classes[picture.label] if picture.label is not None else None
-    verdict = "" if truth is None else (" (correct)" if picture.label == maps.prediction else f" (true label: {truth})")
+    verdict = (
+        "" if truth is None else (" (correct)" if picture.label == maps.prediction else f" (true label: {truth})")
+    )
     answer = f"predicted {predicted} ({maps.probability:.1%}){verdict}"
     slug = image_slug(picture)
     section = f"featuremaps/{slug}"
@@ -113,8 +144,10 @@ def main(
         for key, activation in drawn.items():
             name, s = key.split(".")
             channels, (c, h, w) = chosen[key], activation.shape
-            which = f"{c} channels of {h}×{w}" if len(channels) == c else (
-                f"the {len(channels)} most active of {c} channels (by mean activation), {h}×{w}"
+            which = (
+                f"{c} channels of {h}×{w}"
+                if len(channels) == c
+                else (f"the {len(channels)} most active of {c} channels (by mean activation), {h}×{w}")
             )
             title = f"{name} {STAGE_TITLES[s]}: {which}\n{picture.description} · {answer}"
             figure = featuremap_figure(activation, channels, picture.tensor[0], stage=s, title=title)
@@ -128,7 +161,9 @@ def main(
             for key, a in drawn.items()
         }
         overview = overview_figure(
-            drawn, picture.tensor[0], title=f"Feature maps of run {run.id}\n{picture.description} · {answer}",
+            drawn,
+            picture.tensor[0],
+            title=f"Feature maps of run {run.id}\n{picture.description} · {answer}",
             row_titles=row_titles,
         )
         relpath = f"{section}/overview.png"
@@ -138,7 +173,12 @@ def main(
         relpath = f"{section}/activations.safetensors"
         save_tensors(
             staging.path(relpath, kind="tensors"),
-            {**maps.activations, "input": picture.tensor[0], "logits": maps.logits, "probabilities": maps.probabilities},
+            {
+                **maps.activations,
+                "input": picture.tensor[0],
+                "logits": maps.logits,
+                "probabilities": maps.probabilities,
+            },
             metadata=_tensor_metadata(run.id, checkpoint, picture, maps),
         )
         tensors.append(str(staging.final_path(relpath)))

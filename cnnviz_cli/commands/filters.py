@@ -24,7 +24,9 @@ def main(
     ] = "per-layer",
     max_filters: Annotated[
         int,
-        typer.Option("--max-filters", help="Draw at most the first N filters of a layer (the rest are counted, not drawn)."),
+        typer.Option(
+            "--max-filters", help="Draw at most the first N filters of a layer (the rest are counted, not drawn)."
+        ),
     ] = 64,
     artifacts: ArtifactsOpt = None,
     json_out: JsonOpt = False,
@@ -38,6 +40,21 @@ def main(
 
     Example: cnnviz filters --layer conv1 --normalize per-filter
     """
+    from cnnviz_cli.plots.filters import gc_paused
+
+    with gc_paused():
+        _main(
+            run_id=run_id,
+            layer=layer,
+            normalize=normalize,
+            max_filters=max_filters,
+            artifacts=artifacts,
+            json_out=json_out,
+            quiet=quiet,
+        )
+
+
+def _main(run_id, layer, normalize, max_filters, artifacts, json_out, quiet) -> None:
     from cnnviz_cli import console
     from cnnviz_cli.errors import UsageError
     from cnnviz_cli.filters import NORMALIZE
@@ -58,7 +75,8 @@ def main(
     layers = check_layers(model, layer)
     weights = {name: layer_weight(model, name) for name in layers}
     tiled = {
-        name: tile_kernels(weight, normalize=normalize, max_filters=max_filters) for name, weight in weights.items()
+        name: tile_kernels(weight, normalize=normalize, max_filters=max_filters)
+        for name, weight in weights.items()
     }
 
     record = {
@@ -99,9 +117,13 @@ def main(
         table = console.table(
             f"Filters of run {run.id} ({normalize} scale)",
             ["layer", "weight shape", ("filters drawn", "right"), "image"],
-            [(r["name"], "×".join(map(str, r["shape"])), f"{r['shown']}/{r['total']}", r["image"]) for r in rows],
+            [
+                (r["name"], "×".join(map(str, r["shape"])), f"{r['shown']}/{r['total']}", f"{r['name']}.png")
+                for r in rows
+            ],
         )
         console.console().print(table)
+        console.info(f"Wrote {len(rows)} image{'s' * (len(rows) != 1)} to {run.dir / 'filters'}")
     if json_out:
         console.emit_json(
             {

@@ -82,9 +82,7 @@ class _PixelLayout:
         self.figure.set_layout_engine("none")
 
     def axes(self, x: float, y: float, w: float, h: float):
-        return self.figure.add_axes(
-            [x / self.width, 1 - (y + h) / self.height, w / self.width, h / self.height]
-        )
+        return self.figure.add_axes([x / self.width, 1 - (y + h) / self.height, w / self.width, h / self.height])
 
     def text(self, x: float, y: float, text: str, **kwargs):
         return self.figure.text(x / self.width, 1 - y / self.height, text, **kwargs)
@@ -99,8 +97,13 @@ def _draw_grid(ax, tiled: TiledMaps, cmap_name: str, vmin: float, vmax: float, l
     cmap = matplotlib.colormaps[cmap_name].with_extremes(bad="white")
     height, width = tiled.image.shape
     mappable = ax.imshow(
-        np.ma.masked_invalid(tiled.image), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
-        aspect="auto", extent=(0, width, height, 0),
+        np.ma.masked_invalid(tiled.image),
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        interpolation="nearest",
+        aspect="auto",
+        extent=(0, width, height, 0),
     )
     tw, th = tiled.tile
     frames = [Rectangle((x, y), tw, th) for x, y in tiled.origins]
@@ -114,8 +117,14 @@ def _draw_grid(ax, tiled: TiledMaps, cmap_name: str, vmin: float, vmax: float, l
 
 
 def _draw_input(ax, image: torch.Tensor) -> None:
-    ax.imshow(image.reshape(image.shape[-2], image.shape[-1]).numpy(), cmap="gray", vmin=0.0, vmax=1.0,
-              interpolation="nearest", aspect="auto")
+    ax.imshow(
+        image.reshape(image.shape[-2], image.shape[-1]).numpy(),
+        cmap="gray",
+        vmin=0.0,
+        vmax=1.0,
+        interpolation="nearest",
+        aspect="auto",
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -176,8 +185,12 @@ def overview_figure(
     for key, activation in maps.items():
         stage = key.split(".")[-1]
         tiled = tile_maps(
-            activation, list(range(activation.shape[0])), cols=min(cols, activation.shape[0]),
-            tile_px=54, band_px=13, gap_px=5,
+            activation,
+            list(range(activation.shape[0])),
+            cols=min(cols, activation.shape[0]),
+            tile_px=54,
+            band_px=13,
+            gap_px=5,
         )
         tiled_rows.append((key, tiled, activation_scale(activation, stage)))
     grid_w = max(t.image.shape[1] for _, t, _ in tiled_rows)
@@ -200,12 +213,20 @@ def overview_figure(
     y = top
     for key, tiled, (cmap, vmin, vmax) in tiled_rows:
         grid_h, row_w = tiled.image.shape
-        layout.text(x, y + row_title_h - 4, row_titles.get(key, key), ha="left", va="bottom", fontsize=9.5,
-                    fontweight="bold")
+        layout.text(
+            x,
+            y + row_title_h - 4,
+            row_titles.get(key, key),
+            ha="left",
+            va="bottom",
+            fontsize=9.5,
+            fontweight="bold",
+        )
         mappable = _draw_grid(layout.axes(x, y + row_title_h, row_w, grid_h), tiled, cmap, vmin, vmax, 7)
         bar_h = max(grid_h - 13, 40)
-        _colorbar(layout.figure, mappable, layout.axes(x + grid_w + cbar_gap, y + row_title_h + 13, cbar_w, bar_h),
-                  "")
+        _colorbar(
+            layout.figure, mappable, layout.axes(x + grid_w + cbar_gap, y + row_title_h + 13, cbar_w, bar_h), ""
+        )
         y += row_title_h + grid_h + row_gap
     layout.text(width / 2, 10, title, ha="center", va="top", fontsize=TITLE_SIZE)
     return layout.figure

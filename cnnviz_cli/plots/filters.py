@@ -8,6 +8,9 @@ time and memory needed grow only with the number of weights drawn.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +23,16 @@ if TYPE_CHECKING:
 
     from cnnviz_cli.filters import FilterTiles
 
-__all__ = ["CMAP", "SEPARATOR_COLOR", "filter_figure", "filter_title", "render_filters_png", "save_png", "text_width"]
+__all__ = [
+    "CMAP",
+    "SEPARATOR_COLOR",
+    "filter_figure",
+    "filter_title",
+    "render_filters_png",
+    "gc_paused",
+    "save_png",
+    "text_width",
+]
 
 CMAP = "RdBu_r"  # blue negative, white zero, red positive
 SEPARATOR_COLOR = "#7f7f7f"  # neutral grey: not a colour the diverging map uses for any weight
@@ -50,7 +62,9 @@ def text_width(text: str, size: float) -> int:
 
     renderer = RendererAgg(1, 1, DPI)
     font = FontProperties(size=size)
-    return int(max(renderer.get_text_width_height_descent(line, font, ismath=False)[0] for line in text.split("\n")))
+    return int(
+        max(renderer.get_text_width_height_descent(line, font, ismath=False)[0] for line in text.split("\n"))
+    )
 
 
 def _scale_for(tiles: FilterTiles) -> tuple[int, int]:
@@ -156,8 +170,12 @@ def filter_figure(tiles: FilterTiles, title: str) -> Figure:
     else:
         cmap = matplotlib.colormaps[CMAP].with_extremes(bad=SEPARATOR_COLOR)
         mappable = ax.imshow(
-            np.ma.masked_invalid(image), cmap=cmap, vmin=tiles.vmin, vmax=tiles.vmax,
-            interpolation="nearest", aspect="auto",
+            np.ma.masked_invalid(image),
+            cmap=cmap,
+            vmin=tiles.vmin,
+            vmax=tiles.vmax,
+            interpolation="nearest",
+            aspect="auto",
         )
         cbar_label = "weight" if tiles.normalize == "per-layer" else "weight / filter's largest |weight|"
     colorbar = figure.colorbar(mappable, cax=cax)
@@ -165,7 +183,7 @@ def filter_figure(tiles: FilterTiles, title: str) -> Figure:
 
     kh, kw = tiles.kernel_size
     if tiles.layout == "matrix":
-        xs, xl = _ticks(tiles.shown_channels, kw, tiles.separator, col_start, img_w, 30)
+        xs, xl = _ticks(tiles.shown_channels, kw, tiles.separator, col_start, img_w, 24)
         ys, yl = _ticks(tiles.shown, kh, tiles.separator, row_start, img_h, 16)
         ax.set_xlabel("input channel")
         ax.set_ylabel("filter (output channel)")
@@ -215,6 +233,21 @@ def save_png(figure: Figure, path: Path | str, record: dict | None = None) -> Pa
     metadata = {"Software": "cnnviz"}
     if record:
         metadata["Description"] = json.dumps(record, sort_keys=True, default=str)
-    return atomic_write(
-        Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=DPI, metadata=metadata)
-    )
+    return atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=DPI, metadata=metadata))
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a short command.
+
+    With torch and matplotlib loaded, every full collection walks hundreds of thousands of objects;
+    while building a few figures that costs more than the drawing itself. Reference counting still
+    frees everything that is not in a cycle, and the collector is back on when the block ends.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
