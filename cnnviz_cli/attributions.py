@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from cnnviz_cli.model import Net
 
 __all__ = [
+    "LAYER_METHODS",
     "METHODS",
     "Attribution",
     "Explanation",
@@ -138,12 +139,50 @@ class GradCamMethod(AttributionMethod):
         cam_size = tuple(cam.shape[-2:])
         # align_corners=False puts each feature unit's value at the centre of its field (stride 2 or 4).
         values = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
-        return values[0, 0], {"layer": self.layer, "stage": "relu", "map_size": list(cam_size)}
+        details = {"layer": self.layer, "stage": "relu", "map_size": list(cam_size)}
+        if not bool((cam > 0).any()):
+            details["all_zero"] = True
+            warnings.warn(
+                f"Grad-CAM on {self.layer} is zero everywhere: weighted by its position-averaged gradient, "
+                "no feature map supports this class. This model's classifier weighs every position "
+                "separately, which Grad-CAM's averaging ignores; hirescam or integrated-gradients show more.",
+                stacklevel=2,
+            )
+        return values[0, 0], details
+
+
+class HiResCamMethod(AttributionMethod):
+    """Gradient × activation summed over channels, without Grad-CAM's channel averaging (Draelos & Carin 2020).
+
+    This model's classifier gives every position its own weights, so averaging the gradients over
+    positions (Grad-CAM) can cancel them out; on the last block the signed HiResCAM map adds up exactly
+    to the target logit minus the classifier's bias.
+    """
+
+    name = "hirescam"
+    signed = True
+    description = "HiResCAM (gradient × activation)"
+
+    def attribute(self, x, target):
+        from captum.attr import LayerAttribution, LayerGradientXActivation
+
+        module = self.model.block(self.layer)["relu"]
+        product = LayerGradientXActivation(self.model, module).attribute(x, target=target)
+        cam = product.sum(dim=1, keepdim=True)
+        values = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+        return values[0, 0], {
+            "layer": self.layer,
+            "stage": "relu",
+            "map_size": list(cam.shape[-2:]),
+            "map_sum": float(cam.detach().sum()),
+        }
 
 
 METHODS: dict[str, type[AttributionMethod]] = {
-    cls.name: cls for cls in (SaliencyMethod, IntegratedGradientsMethod, OcclusionMethod, GradCamMethod)
+    cls.name: cls
+    for cls in (SaliencyMethod, IntegratedGradientsMethod, OcclusionMethod, GradCamMethod, HiResCamMethod)
 }
+LAYER_METHODS = ("gradcam", "hirescam")
 
 
 def check_methods(names: Sequence[str] | None) -> list[str]:

@@ -50,6 +50,20 @@ def test_saliency_is_the_absolute_input_gradient_of_the_target_logit(store_copy,
     assert "warning" not in result.stderr.lower()
 
 
+def test_hirescam_on_the_last_block_adds_up_to_the_logit_without_bias(store_copy, tiny_data):
+    # The classifier is linear over the pooled map and max-pooling routes each gradient to its maximum,
+    # so gradient × activation summed over conv2's ReLU output is exactly logit - bias.
+    artifacts, run_id = store_copy
+    doc, _ = _explain(artifacts, tiny_data, "--image", "11", "--method", "hirescam", "--target", "6")
+    model, x = _model_and_image(artifacts, run_id, tiny_data, 11)
+    with torch.no_grad():
+        expected = float(model(x)[0, 6] - model.fc.bias[6])
+    details = doc["methods"]["hirescam"]
+    assert details["map_sum"] == pytest.approx(expected, abs=1e-4)
+    assert details["layer"] == "conv2" and details["map_size"] == [14, 14] and details["signed"] is True
+    assert _tensors(doc["attributions"])[0]["hirescam"].shape == (28, 28)
+
+
 def test_integrated_gradients_are_complete(store_copy, tiny_data):
     artifacts, run_id = store_copy
     doc, _ = _explain(artifacts, tiny_data, "--image", "5", "--method", "integrated-gradients")
@@ -95,7 +109,8 @@ def test_several_methods_make_one_figure_and_are_recorded(store_copy, tiny_data)
     artifacts, run_id = store_copy
     doc, result = _explain(artifacts, tiny_data, "--image", "7", "--target", "9")
     assert doc["run_id"] == run_id
-    assert list(doc["methods"]) == list(METHODS) == ["saliency", "integrated-gradients", "occlusion", "gradcam"]
+    assert list(doc["methods"]) == list(METHODS)
+    assert list(METHODS) == ["saliency", "integrated-gradients", "occlusion", "gradcam", "hirescam"]
     assert set(doc) >= {"run_id", "image", "predicted", "target", "methods", "figure", "attributions"}
     assert doc["image"]["index"] == 7 and doc["image"]["split"] == "test"
     assert doc["target"]["name"] == "9"
@@ -111,7 +126,7 @@ def test_several_methods_make_one_figure_and_are_recorded(store_copy, tiny_data)
     assert output["checkpoint_sha256"] == manifest["files"]["model.safetensors"]["sha256"]
     for rel in output["files"]:
         assert rel in manifest["files"]
-    assert "warning" not in result.stderr.lower()
+    assert "did not already require gradients" not in result.stderr and "UserWarning" not in result.stderr
 
 
 def test_own_picture(store_copy, tiny_data, tmp_path):
@@ -150,7 +165,7 @@ def test_target_names_and_indices():
         (["--image", "3", "--target", "10"], 2, "unknown target"),
         (["--image", "3", "--method", "lime"], 2, "valid methods: saliency, integrated-gradients"),
         (["--image", "3", "--method", "gradcam", "--layer", "conv7"], 2, "valid layers: conv1, conv2"),
-        (["--image", "3", "--method", "saliency", "--layer", "conv1"], 2, "--layer only applies"),
+        (["--image", "3", "--method", "saliency", "--layer", "conv1"], 2, "--layer only applies to --method gradcam or hirescam"),
         (["--image", "200"], 2, "0 to 199"),
         (["--image", "nothing.png"], 3, "does not exist"),
     ],
@@ -161,3 +176,24 @@ def test_errors_are_clean_and_leave_the_store_alone(store_copy, tiny_data, args,
     result = cli("explain", "--artifacts", artifacts, "--data-dir", tiny_data, "--json", *args)
     assert_clean_error(result, code, needle)
     assert tree_digest(artifacts) == before
+
+
+def test_an_all_zero_gradcam_is_reported():
+    # Hand-made weights: conv2's ReLU output is positive everywhere and every class weight is negative,
+    # so the channel weights are negative and Grad-CAM's final ReLU leaves nothing.
+    from cnnviz_cli.attributions import explain
+    from cnnviz_cli.model import Net
+
+    torch.manual_seed(0)
+    model = Net()
+    with torch.no_grad():
+        model.conv2.weight.zero_()
+        model.conv2.bias.fill_(1.0)
+        model.fc.weight.fill_(-0.01)
+    result = explain(model, torch.rand(1, 1, 28, 28), ["gradcam", "hirescam"], target=0)
+    gradcam, hirescam = result.attributions
+    assert gradcam.details["all_zero"] is True and float(gradcam.values.abs().max()) == 0
+    assert any("zero everywhere" in w for w in result.warnings)
+    # The signed map still shows the (negative) evidence: -0.01 × 1.0 at each of 32 × 7 × 7 pooled units.
+    assert float(hirescam.values.max()) <= 0 < -float(hirescam.values.min())
+    assert hirescam.details["map_sum"] == pytest.approx(-0.01 * 32 * 49, rel=1e-5)

@@ -30,7 +30,7 @@ def main(
         typer.Option(
             "--method",
             "-m",
-            help="saliency, integrated-gradients, occlusion or gradcam (repeatable). [default: all four]",
+            help="saliency, integrated-gradients, occlusion, gradcam or hirescam (repeatable). [default: all]",
             show_default=False,
         ),
     ] = None,
@@ -41,7 +41,7 @@ def main(
     ] = None,
     layer: Annotated[
         str | None,
-        typer.Option("--layer", "-l", help="Conv layer for gradcam. [default: the last conv layer]",
+        typer.Option("--layer", "-l", help="Conv layer for gradcam and hirescam. [default: the last conv layer]",
                      show_default=False),
     ] = None,
     split: SplitOpt = "test",
@@ -55,19 +55,22 @@ def main(
     """Explain one prediction: attribution maps that show which pixels raise or lower a class score.
 
     Methods (Captum): saliency (|gradient|), integrated-gradients (from a black image), occlusion (a 5×5
-    black patch slid over the image) and gradcam (on the last conv layer, upsampled to the input).
+    black patch slid over the image), gradcam and hirescam (gradient × activation on the last conv
+    layer's ReLU output, upsampled to the input; hirescam keeps the sign and skips Grad-CAM's averaging).
     Several methods give one comparison figure, a row per method. Writes explain/<image>/explain.png
     and the raw maps as explain/<image>/attributions.safetensors.
 
     Example: cnnviz explain --image 7 --method integrated-gradients --method gradcam --target Sneaker
     """
     from cnnviz_cli import console
-    from cnnviz_cli.attributions import check_methods, check_target, explain
+    from cnnviz_cli.attributions import LAYER_METHODS, check_methods, check_target, explain
     from cnnviz_cli.errors import UsageError
 
     chosen = check_methods(methods)
-    if layer is not None and "gradcam" not in chosen:
-        raise UsageError("--layer only applies to --method gradcam.", "Add --method gradcam or drop --layer.")
+    if layer is not None and not set(LAYER_METHODS) & set(chosen):
+        raise UsageError(
+            f"--layer only applies to --method {' or '.join(LAYER_METHODS)}.", "Add one of them or drop --layer."
+        )
 
     import json
 
@@ -119,7 +122,7 @@ def main(
         "target": target_doc,
         "target_option": target,
         "predicted": predicted_doc,
-        "gradcam_layer": gradcam_layer if "gradcam" in chosen else None,
+        "layer": gradcam_layer if set(LAYER_METHODS) & set(chosen) else None,
         "checkpoint_sha256": checkpoint.sha256,
     }
 
@@ -130,7 +133,8 @@ def main(
     )
     row_titles = [
         a.description
-        + (f" on {a.details['layer']}" if a.method == "gradcam" else "")
+        + (f" on {a.details['layer']}" if a.method in LAYER_METHODS else "")
+        + (" is zero everywhere" if a.details.get("all_zero") else "")
         + f"\ntarget {classes[tgt]} (p = {result.probabilities[tgt]:.3f})"
         for a in result.attributions
     ]

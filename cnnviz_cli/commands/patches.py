@@ -129,8 +129,8 @@ def main(
             title = (
                 f"{result.layer} (ReLU): the {k} {data.dataset} {data.name} images that excite each channel most, "
                 f"run {run.id}\n"
-                f"each tile is the {field.size}×{field.size} px receptive field (jump {field.jump} px) "
-                "around the strongest unit; caption: #image activation; pale blue = outside the image"
+                f"tile: the {field.size}×{field.size} px field (jump {field.jump}) of the strongest unit · "
+                "caption: #image activation · pale blue: outside the image"
             )
             save_figure(patches_figure(result, title), staging.path(rel, kind="figure"))
             written[result.layer] = str(staging.final_path(rel))

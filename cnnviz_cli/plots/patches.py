@@ -64,7 +64,8 @@ def patches_figure(patches: LayerPatches, title: str) -> Figure:
     title = "\n".join(textwrap.fill(line, int(width * 12)) for line in title.splitlines())
     figure = new_figure(width, height_px * inches + 0.25 + 0.2 * (title.count("\n") + 1))
     ax = figure.add_subplot()
-    ax.imshow(canvas, interpolation="nearest")
+    # uint8 keeps matplotlib's resampling buffers small for the large layers.
+    ax.imshow((canvas * 255).round().astype(np.uint8), interpolation="nearest")
     ax.set_axis_off()
     for ch in range(channels):
         block, row = divmod(ch, rows)
