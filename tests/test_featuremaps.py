@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from cnnviz_cli.featuremaps import capture_featuremaps, top_channels
 from cnnviz_cli.model import Net
+from cnnviz_cli.probe import capture_activations
 
 TEST_IMAGES, TEST_LABELS = synthetic_images(200, 1)  # the tiny_data test split, written by helpers
 
@@ -137,6 +138,12 @@ def test_hooks_are_removed_after_capture_and_after_an_error():
     assert hook_count(model) == 0
     with pytest.raises(RuntimeError):  # a 20×20 image reaches fc with the wrong size: fails mid-forward
         capture_featuremaps(model, torch.rand(1, 1, 20, 20), None, ["relu"])
+    assert hook_count(model) == 0
+    with pytest.raises(ValueError), capture_activations(model, ["conv1", "conv2"], ["relu"]) as captured:
+        assert hook_count(model) == 2
+        model(torch.rand(1, 1, 28, 28))
+        assert sorted(captured) == ["conv1.relu", "conv2.relu"]
+        raise ValueError("inside the block")
     assert hook_count(model) == 0
 
 

@@ -35,7 +35,7 @@ def main(
         int | None,
         typer.Option(
             "--top",
-            help="Draw only the K channels with the highest mean activation. [default: all]",
+            help="Draw only the K channels with the highest mean activation (default: all channels).",
             show_default=False,
         ),
     ] = None,
@@ -48,12 +48,9 @@ def main(
 ) -> None:
     """Run one image through the model and draw each conv layer's feature maps.
 
-    Writes featuremaps/<image>/ in the run folder: <layer>-<stage>.png (the input beside every channel,
-    or the --top K most active), overview.png (the input and all layers in one figure), and
-    activations.safetensors with the output of every stage (conv, relu, pool) of the chosen layers,
-    under keys such as 'conv1.relu'.
+    Writes featuremaps/<image>/ in the run folder (e.g. featuremaps/test-7): <layer>-<stage>.png with the input beside every channel (or the --top K most active), overview.png with the input and every channel of every chosen layer in one figure, and activations.safetensors with the output of all three stages (conv, relu, pool) of the chosen layers under keys such as 'conv1.relu'.
 
-    Examples: cnnviz featuremaps --image 7 ;  cnnviz featuremaps --image my_digit.png --invert --top 8
+    Examples: cnnviz featuremaps --image 7  |  cnnviz featuremaps --image my_digit.png --invert --top 8
     """
     from cnnviz_cli.featuremaps import single_threaded
     from cnnviz_cli.plots.filters import gc_paused
@@ -122,6 +119,7 @@ def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, ar
         "" if truth is None else (" (correct)" if picture.label == maps.prediction else f" (true label: {truth})")
     )
     answer = f"predicted {predicted} ({maps.probability:.1%}){verdict}"
+    described = picture.description + (" (inverted)" if picture.provenance.get("invert") else "")
     slug = image_slug(picture)
     section = f"featuremaps/{slug}"
     drawn = {f"{name}.{s}": maps.activations[f"{name}.{s}"] for name in layers for s in stages}
@@ -149,7 +147,7 @@ def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, ar
                 if len(channels) == c
                 else (f"the {len(channels)} most active of {c} channels (by mean activation), {h}×{w}")
             )
-            title = f"{name} {STAGE_TITLES[s]}: {which}\n{picture.description} · {answer}"
+            title = f"{name} {STAGE_TITLES[s]}: {which}\n{described} · {answer}"
             figure = featuremap_figure(activation, channels, picture.tensor[0], stage=s, title=title)
             relpath = f"{section}/{name}-{s}.png"
             save_png(figure, staging.path(relpath, kind="image"), {**record, "map": key, "channels": channels})
@@ -163,7 +161,7 @@ def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, ar
         overview = overview_figure(
             drawn,
             picture.tensor[0],
-            title=f"Feature maps of run {run.id}\n{picture.description} · {answer}",
+            title=f"Feature maps of run {run.id}\n{described} · {answer}",
             row_titles=row_titles,
         )
         relpath = f"{section}/overview.png"
@@ -183,7 +181,7 @@ def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, ar
         )
         tensors.append(str(staging.final_path(relpath)))
 
-    console.info(f"{picture.description}: {answer}", quiet)
+    console.info(f"{described}: {answer}", quiet)
     console.info(f"Wrote {len(images)} images and the activations to {run.dir / section}", quiet)
     if json_out:
         console.emit_json(

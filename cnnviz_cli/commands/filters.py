@@ -34,9 +34,7 @@ def main(
 ) -> None:
     """Draw the conv kernels of a run: filters/<layer>.png in the run folder, one per conv layer.
 
-    Each layer is one image in a diverging colour map (blue negative, white zero, red positive) with a
-    colour bar. conv1 (one input channel) is a grid of its kernels; deeper layers show every filter
-    (rows) against every input channel (columns).
+    Each layer is one image in a diverging colour map (blue negative, white zero, red positive) with a colour bar. conv1 (one input channel) is a grid of its kernels; deeper layers show every filter (rows) against every input channel (columns).
 
     Example: cnnviz filters --layer conv1 --normalize per-filter
     """
