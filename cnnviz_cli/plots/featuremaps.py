@@ -9,6 +9,7 @@ a sequential map from 0 after ReLU and pooling, a diverging map centred at 0 aft
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -71,6 +72,11 @@ def tile_maps(
         image = image[:, :-gap_px]
     origins = [((k % cols) * (tw + gap_px), (k // cols) * (band_px + th) + band_px) for k in range(n)]
     return TiledMaps(image=image.contiguous().numpy(), origins=origins, tile=(tw, th), channels=list(channels))
+
+
+def _columns(n: int, preferred: int) -> int:
+    """``preferred`` columns, more for layers with hundreds of channels (the grid stays about 2:1 wide)."""
+    return max(1, min(n, max(preferred, math.ceil(math.sqrt(2 * n)))))
 
 
 class _PixelLayout:
@@ -147,7 +153,7 @@ def featuremap_figure(
     cols: int | None = None,
 ) -> Figure:
     """The input image beside a grid of ``activation[channels]`` ((C, h, w)), each tile titled with its channel."""
-    cols = cols or min(8, len(channels))
+    cols = cols or _columns(len(channels), 8)
     cmap, vmin, vmax = activation_scale(activation, stage)
     tiled = tile_maps(activation, channels, cols=cols, tile_px=96, band_px=17, gap_px=8)
     grid_h, grid_w = tiled.image.shape
@@ -187,7 +193,7 @@ def overview_figure(
         tiled = tile_maps(
             activation,
             list(range(activation.shape[0])),
-            cols=min(cols, activation.shape[0]),
+            cols=_columns(activation.shape[0], cols),
             tile_px=54,
             band_px=13,
             gap_px=5,
