@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import typer
@@ -30,18 +29,18 @@ def main(
         typer.Option(
             "--method",
             "-m",
-            help="saliency, integrated-gradients, occlusion, gradcam or hirescam (repeatable). [default: all]",
+            help="saliency, integrated-gradients, occlusion, gradcam or hirescam (repeatable). \\[default: all]",
             show_default=False,
         ),
     ] = None,
     target: Annotated[
         str | None,
-        typer.Option("--target", "-t", help="Class index or name to explain (e.g. 7 or Sneaker). [default: the "
+        typer.Option("--target", "-t", help="Class index or name to explain (e.g. 7 or Sneaker). \\[default: the "
                      "predicted class]", show_default=False),
     ] = None,
     layer: Annotated[
         str | None,
-        typer.Option("--layer", "-l", help="Conv layer for gradcam and hirescam. [default: the last conv layer]",
+        typer.Option("--layer", "-l", help="Conv layer for gradcam and hirescam. \\[default: the last conv layer]",
                      show_default=False),
     ] = None,
     split: SplitOpt = "test",
@@ -54,19 +53,20 @@ def main(
 ) -> None:
     """Explain one prediction: attribution maps that show which pixels raise or lower a class score.
 
-    Methods (Captum): saliency (|gradient|), integrated-gradients (from a black image), occlusion (a 5×5
-    black patch slid over the image), gradcam and hirescam (gradient × activation on the last conv
-    layer's ReLU output, upsampled to the input; hirescam keeps the sign and skips Grad-CAM's averaging).
-    Several methods give one comparison figure, a row per method. Writes explain/<image>/explain.png
-    and the raw maps as explain/<image>/attributions.safetensors.
+    Methods (all computed with Captum): saliency (|gradient| of the class score), integrated-gradients (signed, from a black image; the attributions add up to the score's change), occlusion (a 5×5 black patch slid over the image), gradcam (on the last conv layer's ReLU output, upsampled to the input) and hirescam (gradient × activation on that layer, signed, without Grad-CAM's averaging).
+
+    Several methods give one comparison figure, a row per method. Writes explain/<image>/explain.png and the raw maps as explain/<image>/attributions.safetensors in the run folder.
 
     Example: cnnviz explain --image 7 --method integrated-gradients --method gradcam --target Sneaker
     """
     from cnnviz_cli import console
     from cnnviz_cli.attributions import LAYER_METHODS, check_methods, check_target, explain
+    from cnnviz_cli.data import SPLITS
     from cnnviz_cli.errors import UsageError
 
     chosen = check_methods(methods)
+    if split not in SPLITS:
+        raise UsageError(f"Unknown split '{split}'.", f"Choose one of: {', '.join(SPLITS)}.")
     if layer is not None and not set(LAYER_METHODS) & set(chosen):
         raise UsageError(
             f"--layer only applies to --method {' or '.join(LAYER_METHODS)}.", "Add one of them or drop --layer."
@@ -75,9 +75,11 @@ def main(
     import json
 
     from cnnviz_cli.checkpoint import load_run_model, save_tensors
+    from cnnviz_cli.featuremaps import image_slug, single_threaded
     from cnnviz_cli.inputs import resolve_image
     from cnnviz_cli.plots.common import save_figure
     from cnnviz_cli.plots.explain import explain_figure
+    from cnnviz_cli.plots.filters import gc_paused
     from cnnviz_cli.probe import check_layers
     from cnnviz_cli.store import Store
 
@@ -94,16 +96,21 @@ def main(
         invert=invert, size=size,
     )
     for note in picture.notes:
-        console.info(f"[dim]{note}[/]", quiet)
+        if note.startswith("note:"):
+            console.warn(note.removeprefix("note:").strip())
+        else:
+            console.info(f"input: {note}", quiet)
 
-    result = explain(model, picture.tensor, chosen, target=target_index, layer=gradcam_layer)
+    # One image through a small CNN: a single thread beats a thread pool, and the cyclic GC only costs time.
+    with gc_paused(), single_threaded():
+        result = explain(model, picture.tensor, chosen, target=target_index, layer=gradcam_layer)
     for text in result.warnings:
         console.warn(text)
 
     tgt, pred = result.target, result.predicted
     target_doc = {"index": tgt, "name": classes[tgt], "probability": round(float(result.probabilities[tgt]), 6)}
     predicted_doc = {"index": pred, "name": classes[pred], "probability": round(float(result.probabilities[pred]), 6)}
-    section = f"explain/{_section_name(picture.provenance)}"
+    section = f"explain/{image_slug(picture)}"
     methods_doc = {}
     for attribution in result.attributions:
         values = attribution.values
@@ -183,10 +190,3 @@ def main(
             }
         )
 
-
-def _section_name(provenance: dict) -> str:
-    """'test-7' for a dataset image, 'file-<name>-<sha8>' for a picture file."""
-    if provenance.get("kind") == "index":
-        return f"{provenance['split']}-{provenance['index']}"
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", provenance.get("path", "image").rsplit("/", 1)[-1])[:40]
-    return f"file-{stem}-{provenance.get('sha256', '')[:8]}"

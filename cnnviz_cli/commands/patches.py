@@ -38,9 +38,9 @@ def main(
 ) -> None:
     """Show each conv layer's receptive field and the dataset patches that excite each channel most.
 
-    Runs the whole split through the model and keeps, for every channel of the ReLU output, the K images
-    whose strongest response is highest (one position per image), then crops the part of the input that
-    position sees. Writes patches/<layer>.png (a row per channel) and patches/patches.json.
+    Runs the whole split through the model and keeps, for every channel of each layer's ReLU output, the K images whose strongest response is highest (one position per image; ties go to the lower image index), then crops the part of the input that position sees: its receptive field, padded where it leaves the image.
+
+    Writes patches/<layer>.png (a row per channel, each patch captioned with image index and activation) and patches/patches.json (image, y, x, activation of every patch) in the run folder.
 
     Example: cnnviz patches --layer conv2 --top 9
     """
