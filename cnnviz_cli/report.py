@@ -307,7 +307,7 @@ def _evaluation_tables(metrics: dict) -> list[Table]:
         [False, True],
     )
     per_class = Table(
-        "Per class",
+        f"Per class ({metrics.get('split')} split)",
         ["class", "images", "precision", "recall (= class accuracy)", "F1"],
         [
             [row["name"], str(row["support"]), f"{row['precision']:.3f}", _pct(row["recall"]), f"{row['f1']:.3f}"]
@@ -318,21 +318,31 @@ def _evaluation_tables(metrics: dict) -> list[Table]:
     return [overall, per_class]
 
 
-def _evaluation_section(c: _Collector, outputs: dict, compute) -> Section:
-    section = Section("evaluation", "Evaluation on the test set")
-    record = outputs.get("evaluation")
-    if record:
-        metrics = c.json_file("evaluation/metrics.json")
+def _add_evaluation(c: _Collector, section: Section, name: str, record: dict) -> None:
+    """One stored evaluation output (``evaluation``, or ``evaluation-val`` and the like): tables and pictures."""
+    files = record.get("files", [])
+    if f"{name}/metrics.json" in files:
+        metrics = c.json_file(f"{name}/metrics.json")
         if metrics:
             section.tables.extend(_evaluation_tables(metrics))
-        for relpath, title in (("evaluation/confusion_matrix.png", "Confusion matrix"),
-                               ("evaluation/mistakes.png", "Most confidently wrong test images")):
-            if relpath in record.get("files", []):
-                picture = c.picture(relpath, record, title)
-                if picture:
-                    section.pictures.append(picture)
-        return section
-    return compute(section)
+    what = "" if name == "evaluation" else f" ({name})"
+    for relpath, title in ((f"{name}/confusion_matrix.png", "Confusion matrix"),
+                           (f"{name}/mistakes.png", "Most confidently wrong images")):
+        if relpath in files:
+            picture = c.picture(relpath, record, title + what)
+            if picture:
+                section.pictures.append(picture)
+
+
+def _evaluation_section(c: _Collector, outputs: dict, compute) -> Section:
+    section = Section("evaluation", "Evaluation")
+    if "evaluation" not in outputs:
+        compute(section)
+    else:
+        _add_evaluation(c, section, "evaluation", outputs["evaluation"])
+    for name in sorted(n for n in outputs if n.startswith("evaluation-")):
+        _add_evaluation(c, section, name, outputs[name])
+    return section
 
 
 def _filters_section(c: _Collector, outputs: dict, compute) -> Section:
@@ -351,9 +361,19 @@ def _stored_sections(c: _Collector, outputs: dict, prefix: str) -> list[tuple[st
     return sorted((name, rec) for name, rec in outputs.items() if name == prefix or name.startswith(prefix + "/"))
 
 
+# Within one output, show the main picture first (evolution: filters, then feature maps, then the curves).
+PICTURE_ORDER = ("filters.", "featuremaps", "per_class", "confusion", "filters-", "changes")
+
+
+def _picture_rank(relpath: str) -> tuple[int, str]:
+    name = Path(relpath).name
+    ranks = [k for k, prefix in enumerate(PICTURE_ORDER) if name.startswith(prefix)]
+    return (ranks[0] if ranks else len(PICTURE_ORDER), relpath)
+
+
 def _pictures_of(c: _Collector, name: str, record: dict, *, wide: bool = False) -> list[Picture]:
     pictures = []
-    for relpath in record.get("files", []):
+    for relpath in sorted(record.get("files", []), key=_picture_rank):
         picture = c.picture(relpath, record, f"{name}: {_title_from_path(relpath)}", wide=wide)
         if picture:
             pictures.append(picture)
@@ -612,7 +632,7 @@ def build_report(
     sections.append(_evolution_section(collector, outputs))
     sections.append(_compare_section(collector, outputs))
     known = ("evaluation", "filters", "featuremaps", "patches", "explain", "evolution", "compare", "report")
-    extra = {name: rec for name, rec in outputs.items() if name.split("/")[0] not in known}
+    extra = {name: rec for name, rec in outputs.items() if name.split("/")[0].split("-")[0] not in known}
     if extra:
         other = Section("other", "Other outputs")
         for name, record in sorted(extra.items()):

@@ -144,7 +144,7 @@ def _cmap(name: str):
 
 def _strip_grid(n: int, panel_h: int, panel_w: int) -> tuple[int, int]:
     aspect = panel_w / panel_h
-    per_row = 10 if aspect <= 0.6 else (5 if aspect < 1.6 else 3)
+    per_row = 5 if aspect < 1.6 else 3
     rows = math.ceil(n / per_row)
     return rows, math.ceil(n / rows)
 
@@ -163,7 +163,7 @@ def strip_figure(
     n = len(arrays)
     h, w = arrays[0].shape[:2]
     rows, cols = _strip_grid(n, h, w)
-    panel = 2.2 if max(h, w) < 60 else 2.8
+    panel = 2.2 if max(h, w) < 60 else 4.2  # big layers (conv2: 32×16 kernels) need room to show their kernels
     scale = panel / max(h, w)
     figure = new_figure(cols * w * scale + 1.4, rows * (h * scale + 0.35) + 0.8)
     axes = figure.subplots(rows, cols, squeeze=False)
