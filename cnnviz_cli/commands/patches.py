@@ -107,6 +107,7 @@ def main(
         "images": len(labels),
         "top": k,
         "stage": STAGE,
+        "window": "[top, left, bottom, right) of a patch in input pixels; it may reach past the image border",
         "receptive_fields": [f.to_dict() for f in fields],
         "layers": layers_doc,
     }
