@@ -1,0 +1,1203 @@
+"""Benchmark cnnviz against the tutorial's pipeline, side by side on the same data: ``python -m cnnviz_cli.bench``.
+
+The baseline is the tutorial's code path, rebuilt here faithfully: a torchvision MNIST-style dataset
+whose ``__getitem__`` (torchvision's own) turns each uint8 image into a PIL image and then a tensor with
+``transforms.ToTensor()``, ``random_split`` 80/20, ``DataLoader(batch_size=256, shuffle=True)``, Adam
+(lr 1e-3) and cross-entropy; filters drawn with one pyplot subplot per kernel. Both sides train the same
+CNN on the same images for the same epochs.
+
+Every measured thing runs in its own fresh process (``--worker``), so each figure carries that
+process's peak RSS (``os.wait4``) and no thread setting leaks from one side to the other. Baseline and
+cnnviz runs are interleaved (pair i = i-th baseline run and i-th cnnviz run, their order alternating),
+and ratios are computed pair by pair, so the load of a shared machine affects both sides alike.
+Figures are the median of the runs, with min and max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMA = "cnnviz-bench/1"
+SECTIONS = ("startup", "loop", "command", "eval", "render")
+BATCH_SIZE = 256  # the tutorial's
+LR = 1e-3
+VAL_FRACTION = 0.2
+HEAVY_MODULES = ("torch", "torchvision", "matplotlib")
+TARGETS = {
+    "command": 1.3,  # cnnviz train whole command, x faster than the tutorial script
+    "loop": 1.3,  # training-loop throughput, x the tutorial's
+    "help": 0.3,  # seconds
+    "featuremaps": 1.4,  # x the import floor
+    "filters512": 5.0,  # seconds
+}
+
+# --------------------------------------------------------------------------------------------------
+# The tutorial's pipeline as a standalone script (written to a temporary file and run as a process).
+
+TUTORIAL_SCRIPT = '''\
+"""The tutorial's pipeline: torchvision dataset + ToTensor, random_split 80/20, DataLoader 256, Adam."""
+import json
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Subset, random_split
+from torchvision import datasets, transforms
+
+data_dir, dataset, epochs, limit, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+torch.manual_seed(seed)
+
+Dataset = datasets.FashionMNIST if dataset == "fashion-mnist" else datasets.MNIST
+train_dataset = Dataset(data_dir, train=True, download=False, transform=transforms.ToTensor())
+if limit > 0:
+    train_dataset = Subset(train_dataset, range(min(limit, len(train_dataset))))
+m = len(train_dataset)
+train_data, val_data = random_split(train_dataset, [int(m - m * 0.2), int(m * 0.2)])
+batch_size = 256
+train_loader = DataLoader(train_data, batch_size=batch_size, shuffle=True)
+valid_loader = DataLoader(val_data, batch_size=batch_size)
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(1, 16, kernel_size=5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(16, 32, kernel_size=5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(2))
+        self.out = nn.Linear(32 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = self.conv2(self.conv1(x))
+        x = x.view(x.size(0), -1)
+        return self.out(x)
+
+
+model = CNN()
+loss_fn = nn.CrossEntropyLoss()
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+for epoch in range(epochs):
+    model.train()
+    train_loss = []
+    for image_batch, label_batch in train_loader:
+        output = model(image_batch)
+        loss = loss_fn(output, label_batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        train_loss.append(loss.detach().numpy())
+    model.eval()
+    val_loss, correct, total = [], 0, 0
+    with torch.no_grad():
+        for image_batch, label_batch in valid_loader:
+            output = model(image_batch)
+            val_loss.append(loss_fn(output, label_batch).numpy())
+            correct += (output.argmax(1) == label_batch).sum().item()
+            total += label_batch.shape[0]
+    print(f"EPOCH {epoch + 1}/{epochs} train loss {np.mean(train_loss):.4f} "
+          f"val loss {np.mean(val_loss):.4f} val accuracy {correct / total:.4f}", file=sys.stderr)
+
+print(json.dumps({"val_accuracy": correct / total, "train_size": len(train_data), "val_size": len(val_data)}))
+'''
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics
+
+
+@dataclass(frozen=True)
+class Stat:
+    median: float
+    min: float
+    max: float
+    runs: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat | None:
+        values = [float(v) for v in values if v is not None and not math.isnan(v)]
+        if not values:
+            return None
+        return cls(statistics.median(values), min(values), max(values), tuple(values))
+
+    def to_dict(self) -> dict:
+        return {"median": self.median, "min": self.min, "max": self.max, "runs": list(self.runs)}
+
+
+def paired_ratios(baseline: Sequence[float], cnnviz: Sequence[float], better: str) -> list[float]:
+    """Ratio of the i-th cnnviz run to the i-th baseline run, > 1 when cnnviz is better.
+
+    ``better="higher"`` (throughput): cnnviz / baseline; ``"lower"`` (time, memory): baseline / cnnviz.
+    """
+    if better not in ("higher", "lower"):
+        raise ValueError(better)
+    if not baseline or not cnnviz:
+        return []
+    ratios = []
+    for b, c in zip(baseline, cnnviz, strict=True):
+        if b is None or c is None or b <= 0 or c <= 0:
+            continue
+        ratios.append(c / b if better == "higher" else b / c)
+    return ratios
+
+
+@dataclass
+class Row:
+    """One line of the result table: a measurement of the baseline and of cnnviz, and their paired ratio."""
+
+    key: str
+    section: str
+    label: str
+    unit: str
+    better: str  # "higher" or "lower"
+    baseline_label: str = "tutorial"
+    baseline: list[float] = field(default_factory=list)
+    cnnviz: list[float] = field(default_factory=list)
+    ratio_means: str = "x faster"
+    ratio_inverted: bool = False  # True: ratio shown is cnnviz / baseline (e.g. 'x the import floor')
+    note: str = ""
+    extrapolated: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def ratios(self) -> list[float]:
+        ratios = paired_ratios(self.baseline, self.cnnviz, self.better)
+        return [1.0 / r for r in ratios] if self.ratio_inverted else ratios
+
+    def to_dict(self) -> dict:
+        def stat(values):
+            s = Stat.of(values)
+            return s.to_dict() if s else None
+
+        return {
+            "key": self.key,
+            "section": self.section,
+            "label": self.label,
+            "unit": self.unit,
+            "better": self.better,
+            "baseline_label": self.baseline_label,
+            "baseline": stat(self.baseline),
+            "cnnviz": stat(self.cnnviz),
+            "ratio": stat(self.ratios()),
+            "ratio_means": self.ratio_means,
+            "extrapolated": self.extrapolated,
+            "note": self.note,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+
+def fmt_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "s":
+        return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.0f}"
+    if unit in ("img/s", "MB"):
+        return f"{value:,.0f}"
+    if unit == "%":
+        return f"{value:.2%}"
+    return f"{value:.3g}"
+
+
+def fmt_stat(values: Sequence[float], unit: str) -> str:
+    s = Stat.of(values)
+    if s is None:
+        return "-"
+    text = f"{fmt_value(s.median, unit)} {unit}".rstrip()
+    if len(s.runs) > 1:
+        text += f" ({fmt_value(s.min, unit)}–{fmt_value(s.max, unit)})"
+    return text
+
+
+def fmt_ratio(values: Sequence[float]) -> str:
+    s = Stat.of(values)
+    if s is None:
+        return "-"
+    text = f"{s.median:.2f}×"
+    if len(s.runs) > 1:
+        text += f" ({s.min:.2f}–{s.max:.2f})"
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Child processes
+
+
+@dataclass(frozen=True)
+class Child:
+    seconds: float
+    max_rss_mb: float | None
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict:
+        """The JSON document on stdout (cnnviz --json), or the last line that is one (workers)."""
+        try:
+            return json.loads(self.stdout)
+        except ValueError:
+            pass
+        for line in reversed(self.stdout.strip().splitlines()):
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"no JSON result on stdout; stderr:\n{self.stderr[-2000:]}")
+
+
+def run_child(cmd: Sequence[str], env: dict[str, str], cwd: Path | None = None, check: bool = True) -> Child:
+    """Run ``cmd`` as a fresh process: wall time, peak RSS of that process alone, its output."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(list(map(str, cmd)), stdout=out, stderr=err, env=env, cwd=cwd)
+        rss = None
+        if hasattr(os, "wait4"):
+            _, status, usage = os.wait4(proc.pid, 0)
+            seconds = time.perf_counter() - started
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            # ru_maxrss is in KiB on Linux, bytes on macOS
+            rss = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+        else:  # pragma: no cover - Windows
+            proc.wait()
+            seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        child = Child(seconds, rss, proc.returncode, out.read().decode(errors="replace"),
+                      err.read().decode(errors="replace"))
+    if check and child.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} exited with {child.returncode}:\n{child.stderr[-3000:]}")
+    return child
+
+
+def cnnviz_cmd(*args: str) -> list[str]:
+    """The installed ``cnnviz`` script beside this Python, else ``python -m cnnviz_cli``."""
+    script = Path(sys.executable).parent / "cnnviz"
+    if script.is_file():
+        return [str(script), *args]
+    return [sys.executable, "-m", "cnnviz_cli", *args]
+
+
+def worker_cmd(name: str, spec: dict) -> list[str]:
+    return [sys.executable, "-m", "cnnviz_cli.bench", "--worker", name, "--spec", json.dumps(spec)]
+
+
+def imported_heavy_modules(args: Sequence[str], env: dict[str, str]) -> list[str]:
+    """Which of torch/torchvision/matplotlib ``cnnviz *args`` imports (from ``python -X importtime``)."""
+    child = run_child([sys.executable, "-X", "importtime", "-m", "cnnviz_cli", *args], env, check=False)
+    found = set()
+    for line in child.stderr.splitlines():
+        if line.startswith("import time:") and line.count("|") >= 2:
+            name = line.rsplit("|", 1)[1].strip()
+            top = name.split(".")[0]
+            if top in HEAVY_MODULES:
+                found.add(top)
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------------------------------
+# Workers: each runs in its own process and returns a dict (printed as one JSON line)
+
+
+def _rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return usage / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def tutorial_dataset(images, labels):
+    """A dataset that serves images exactly as torchvision's MNIST does: its own ``__getitem__``
+    (uint8 array -> ``Image.fromarray(..., mode="L")`` -> ``transforms.ToTensor()``)."""
+    import torch
+    from torchvision import datasets, transforms
+
+    class TutorialMNIST(torch.utils.data.Dataset):
+        __getitem__ = datasets.MNIST.__getitem__
+
+        def __init__(self, data, targets):
+            self.data, self.targets = data, targets
+            self.transform = transforms.ToTensor()
+            self.target_transform = None
+
+        def __len__(self) -> int:
+            return len(self.data)
+
+    return TutorialMNIST(images, labels)
+
+
+def _raw_train(spec: dict):
+    from cnnviz_cli.data import load_raw_split
+
+    data_dir = Path(spec["data_dir"]) if spec.get("data_dir") else None
+    full = load_raw_split(spec["dataset"], "train", data_dir, offline=True)
+    n = min(spec["limit"], len(full)) if spec.get("limit") else len(full)
+    return full.images[:n], full.labels[:n]
+
+
+def work_loop(spec: dict) -> dict:
+    """Train ``spec['epochs']`` epochs on the first ``limit`` training images and time the loop only.
+
+    ``variant``: 'tutorial' (DataLoader over the per-sample ToTensor dataset, torch's default threads),
+    'tutorial-threads' (the same with cnnviz's thread count), 'cnnviz' / 'cnnviz-bf16' (``train_epoch``
+    on the preloaded tensor, as ``cnnviz train`` does).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from cnnviz_cli.model import Net
+
+    variant, seed, epochs = spec["variant"], spec["seed"], spec["epochs"]
+    rss_before = _rss_mb()
+    if variant in ("tutorial", "tutorial-threads"):
+        if variant == "tutorial-threads":
+            from cnnviz_cli.training import set_cpu_threads
+
+            set_cpu_threads()
+        from torch.utils.data import DataLoader, random_split
+
+        images, labels = _raw_train(spec)
+        dataset = tutorial_dataset(images, labels)
+        train_set, val_set = random_split(
+            dataset, [1 - VAL_FRACTION, VAL_FRACTION], generator=torch.Generator().manual_seed(seed)
+        )
+        train_loader = DataLoader(train_set, batch_size=BATCH_SIZE, shuffle=True)
+        val_loader = DataLoader(val_set, batch_size=BATCH_SIZE)
+        torch.manual_seed(seed)
+        model = Net()
+        optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+        started = time.perf_counter()
+        for _ in range(epochs):
+            model.train()
+            for data, target in train_loader:
+                output = model(data)
+                loss = F.cross_entropy(output, target)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        seconds = time.perf_counter() - started
+        model.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for data, target in val_loader:
+                correct += (model(data).argmax(1) == target).sum().item()
+                total += target.shape[0]
+        train_size, accuracy = len(train_set), correct / total
+    elif variant in ("cnnviz", "cnnviz-bf16"):
+        from cnnviz_cli.data import load_split, to_float
+        from cnnviz_cli.training import epoch_generator, evaluate, pick_device, train_epoch
+
+        device = pick_device("cpu")
+        data_dir = Path(spec["data_dir"]) if spec.get("data_dir") else None
+        kwargs = dict(val_fraction=VAL_FRACTION, seed=seed, limit=spec.get("limit"))
+        train = load_split(spec["dataset"], "train", data_dir, True, **kwargs)
+        val = load_split(spec["dataset"], "val", data_dir, True, **kwargs)
+        train_x, train_y = to_float(train.images), train.labels
+        torch.manual_seed(seed)
+        model = Net().to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+        precision = "bf16" if variant == "cnnviz-bf16" else "fp32"
+        started = time.perf_counter()
+        for epoch in range(1, epochs + 1):
+            train_epoch(
+                model, optimizer, train_x, train_y,
+                batch_size=BATCH_SIZE, generator=epoch_generator(seed, epoch), precision=precision,
+            )
+        seconds = time.perf_counter() - started
+        train_size = len(train)
+        accuracy = evaluate(model, to_float(val.images), val.labels).accuracy
+    else:
+        raise ValueError(f"unknown loop variant {variant!r}")
+    return {
+        "variant": variant,
+        "seconds": seconds,
+        "images_per_s": train_size * epochs / seconds,
+        "train_size": train_size,
+        "val_accuracy": accuracy,
+        "threads": torch.get_num_threads(),
+        "rss_before_mb": rss_before,
+        "rss_peak_mb": _rss_mb(),
+    }
+
+
+def work_eval(spec: dict) -> dict:
+    """Class scores for the whole test set with a stored checkpoint, timed from uint8 images to accuracy."""
+    import torch
+
+    from cnnviz_cli.checkpoint import load_checkpoint
+    from cnnviz_cli.data import load_raw_split, to_float
+
+    variant = spec["variant"]
+    data_dir = Path(spec["data_dir"]) if spec.get("data_dir") else None
+    test = load_raw_split(spec["dataset"], "test", data_dir, offline=True)
+    model, _ = load_checkpoint(Path(spec["checkpoint"]), "cpu")
+    if variant == "tutorial":
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(tutorial_dataset(test.images, test.labels), batch_size=BATCH_SIZE)
+        started = time.perf_counter()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for data, target in loader:
+                correct += (model(data).argmax(1) == target).sum().item()
+        seconds = time.perf_counter() - started
+    elif variant == "cnnviz":
+        from cnnviz_cli.training import pick_device, predict_logits
+
+        pick_device("cpu")
+        started = time.perf_counter()
+        logits = predict_logits(model, to_float(test.images), batch_size=1024)
+        correct = int((logits.argmax(1) == test.labels).sum())
+        seconds = time.perf_counter() - started
+    else:
+        raise ValueError(f"unknown eval variant {variant!r}")
+    n = len(test)
+    return {
+        "variant": variant,
+        "seconds": seconds,
+        "images_per_s": n / seconds,
+        "accuracy": correct / n,
+        "threads": torch.get_num_threads(),
+        "rss_peak_mb": _rss_mb(),
+    }
+
+
+def synthetic_weight(out_channels: int = 512, in_channels: int = 512, kernel: int = 3, seed: int = 0):
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(out_channels, in_channels, kernel, kernel, generator=generator) * 0.1
+
+
+def tutorial_filter_plot(weight, path: Path, budget_s: float) -> dict:
+    """The tutorial's way: one pyplot subplot (imshow, axis off) per kernel, then one savefig.
+
+    Stops adding subplots once ``budget_s`` seconds have gone by; the time for every kernel is then
+    extrapolated linearly from the kernels drawn (and flagged as such).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_channels, in_channels = int(weight.shape[0]), int(weight.shape[1])
+    total = out_channels * in_channels
+    if in_channels == 1:
+        cols = math.ceil(math.sqrt(total))
+        rows = math.ceil(total / cols)
+    else:
+        rows, cols = out_channels, in_channels
+    kernels = weight.detach().reshape(total, *weight.shape[2:]).numpy()
+    started = time.perf_counter()
+    plt.figure(figsize=(20, 17))
+    drawn = 0
+    for i in range(total):
+        plt.subplot(rows, cols, i + 1)
+        plt.imshow(kernels[i], cmap="gray")
+        plt.axis("off")
+        drawn += 1
+        if time.perf_counter() - started > budget_s:
+            break
+    plt.savefig(path)
+    plt.close("all")
+    seconds = time.perf_counter() - started
+    return {"seconds_drawn": seconds, "drawn": drawn, "total": total, "seconds": seconds * total / drawn}
+
+
+def work_render(spec: dict) -> dict:
+    """Draw the filters of ``layers`` ('model': the checkpoint's conv1 and conv2; 'synthetic512': 512×512 3×3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.figure  # noqa: F401 - imported before the clock starts, on both sides
+    import matplotlib.pyplot  # noqa: F401
+    import torch  # noqa: F401
+
+    if spec["layers"] == "model":
+        from cnnviz_cli.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(Path(spec["checkpoint"]), "cpu")
+        weights = {name: model.block(name)["conv"].weight.detach().clone() for name in model.conv_names}
+    else:
+        weights = {"synthetic": synthetic_weight()}
+    out_dir = Path(spec["out_dir"])
+    rss_before = _rss_mb()
+    result: dict = {"variant": spec["variant"], "layers": spec["layers"]}
+    if spec["variant"] == "tutorial":
+        budget = spec["budget_s"] / len(weights)
+        parts = [tutorial_filter_plot(w, out_dir / f"tutorial-{name}.png", budget) for name, w in weights.items()]
+        result["seconds"] = sum(p["seconds"] for p in parts)
+        result["seconds_drawn"] = sum(p["seconds_drawn"] for p in parts)
+        result["drawn"] = sum(p["drawn"] for p in parts)
+        result["total"] = sum(p["total"] for p in parts)
+        result["extrapolated"] = result["drawn"] < result["total"]
+    elif spec["variant"] == "cnnviz":
+        from cnnviz_cli.plots.filters import render_filters_png
+
+        started = time.perf_counter()
+        shown = 0
+        for name, w in weights.items():
+            tiles = render_filters_png(w, out_dir / f"cnnviz-{name}.png", layer=name, max_filters=None)
+            shown += tiles.shown * tiles.shown_channels
+        result["seconds"] = time.perf_counter() - started
+        result["drawn"] = shown
+        result["total"] = sum(int(w.shape[0] * w.shape[1]) for w in weights.values())
+        result["extrapolated"] = False
+    else:
+        raise ValueError(f"unknown render variant {spec['variant']!r}")
+    result["rss_before_mb"] = rss_before
+    result["rss_peak_mb"] = _rss_mb()
+    return result
+
+
+WORKERS: dict[str, Callable[[dict], dict]] = {"loop": work_loop, "eval": work_eval, "render": work_render}
+
+
+# --------------------------------------------------------------------------------------------------
+# The benchmark run
+
+
+@dataclass
+class Options:
+    dataset: str = "fashion-mnist"
+    data_dir: Path | None = None
+    limit: int = 12000
+    repeats: int = 3
+    epochs: int = 1
+    startup_repeats: int = 5
+    render_budget_s: float = 20.0
+    sections: tuple[str, ...] = SECTIONS
+    bf16: bool = True
+    quick: bool = False
+
+
+class Bench:
+    """One benchmark run: a temporary workspace (cache, store, tutorial data folder), rows, notes."""
+
+    def __init__(self, options: Options, log: Callable[[str], None]):
+        self.options = options
+        self.log = log
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+        self.checks: dict[str, object] = {}
+        self.workspace = Path(tempfile.mkdtemp(prefix="cnnviz-bench-"))
+        self.store = self.workspace / "store"
+        self.env = {k: v for k, v in os.environ.items() if k not in ("CNNVIZ_ARTIFACTS", "CNNVIZ_DEBUG")}
+        self.env.update({
+            "CNNVIZ_CACHE_DIR": str(self.workspace / "cache"),
+            "NO_COLOR": "1",
+            "COLUMNS": "120",
+            "MPLCONFIGDIR": str(self.workspace / "mpl"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        })
+        if options.data_dir is not None:
+            self.env["CNNVIZ_DATA_DIR"] = str(options.data_dir)
+        self.checkpoint: Path | None = None
+        self.run_id: str | None = None
+
+    def close(self) -> None:
+        shutil.rmtree(self.workspace, ignore_errors=True)
+
+    # ---- helpers
+
+    def spec(self, **extra) -> dict:
+        return {
+            "dataset": self.options.dataset,
+            "data_dir": str(self.options.data_dir) if self.options.data_dir else None,
+            "limit": self.options.limit,
+            "epochs": self.options.epochs,
+            **extra,
+        }
+
+    def worker(self, name: str, **extra) -> tuple[dict, Child]:
+        child = run_child(worker_cmd(name, self.spec(**extra)), self.env)
+        result = child.json()
+        result["process_seconds"] = child.seconds
+        result["process_rss_mb"] = child.max_rss_mb
+        return result, child
+
+    def pairs(self, run_baseline: Callable[[int], object], run_cnnviz: Callable[[int], object], repeats: int):
+        """Interleave: pair i runs baseline then cnnviz for even i, cnnviz then baseline for odd i."""
+        baseline, cnnviz = [], []
+        for i in range(repeats):
+            if i % 2 == 0:
+                b = run_baseline(i)
+                c = run_cnnviz(i)
+            else:
+                c = run_cnnviz(i)
+                b = run_baseline(i)
+            baseline.append(b)
+            cnnviz.append(c)
+        return baseline, cnnviz
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        return row
+
+    # ---- setup
+
+    def setup(self) -> None:
+        """Warm the decoded-data cache and train a small run that featuremaps, eval and render use."""
+        self.log("setup: training a small run into a temporary store (also warms the decoded-data cache)")
+        args = ["train", "--dataset", self.options.dataset, "--epochs", "1",
+                "--limit", str(min(self.options.limit, 4000)), "--artifacts", str(self.store), "--json", "--quiet"]
+        child = run_child(cnnviz_cmd(*args), self.env)
+        doc = child.json()
+        self.run_id, self.checkpoint = doc["run_id"], Path(doc["checkpoint"])
+        # the test split too (featuremaps and evaluation read it)
+        run_child([sys.executable, "-c", "import sys; from cnnviz_cli.data import load_raw_split; "
+                   "load_raw_split(sys.argv[1], 'test', None if sys.argv[2] == '-' else __import__('pathlib').Path(sys.argv[2]))",
+                   self.options.dataset, str(self.options.data_dir or "-")], self.env)
+
+    def tutorial_data_root(self) -> Path:
+        """The IDX files uncompressed where torchvision's dataset class expects them, as its download would leave them."""
+        from cnnviz_cli.data import TORCHVISION_CLASS, locate
+
+        root = self.workspace / "torchvision-root"
+        raw = root / TORCHVISION_CLASS[self.options.dataset] / "raw"
+        if raw.is_dir():
+            return root
+        raw.mkdir(parents=True)
+        for split in ("train", "test"):
+            for path in locate(self.options.dataset, split, self.options.data_dir, offline=True):
+                target = raw / path.name.removesuffix(".gz")
+                if path.suffix == ".gz":
+                    with gzip.open(path, "rb") as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                else:
+                    shutil.copyfile(path, target)
+        return root
+
+    # ---- sections
+
+    def section_startup(self) -> None:
+        opts = self.options
+        n = opts.startup_repeats
+        self.log(f"startup: cnnviz --help and cnnviz runs, {n} runs each")
+        run_child(cnnviz_cmd("--help"), self.env)  # warm the page cache
+        help_times = [run_child(cnnviz_cmd("--help"), self.env).seconds for _ in range(n)]
+        runs_times = [run_child(cnnviz_cmd("runs", "--artifacts", str(self.store)), self.env).seconds
+                      for _ in range(n)]
+        self.add(Row("help", "startup", "cnnviz --help", "s", "lower", baseline_label="-", cnnviz=help_times))
+        self.add(Row("runs", "startup", "cnnviz runs", "s", "lower", baseline_label="-", cnnviz=runs_times))
+        help_heavy = imported_heavy_modules(["--help"], self.env)
+        runs_heavy = imported_heavy_modules(["runs", "--artifacts", str(self.store)], self.env)
+        self.checks["help_imports"] = help_heavy
+        self.checks["runs_imports"] = runs_heavy
+
+        from importlib.util import find_spec
+
+        if find_spec("cnnviz_cli.commands.featuremaps") is None:
+            self.notes.append("featuremaps: skipped, cnnviz_cli/commands/featuremaps.py is not in this checkout.")
+            return
+        self.log(f"startup: cnnviz featuremaps --image 7 against the import floor, {opts.repeats} pairs")
+        floor_cmd = [sys.executable, "-c", "import torch, matplotlib.pyplot"]
+        fm_cmd = cnnviz_cmd("featuremaps", "--image", "7", "--artifacts", str(self.store), "--quiet")
+        run_child(floor_cmd, self.env)
+        run_child(fm_cmd, self.env)  # warm-up: page cache, the test split's cache entry
+        floors, fms = self.pairs(lambda i: run_child(floor_cmd, self.env), lambda i: run_child(fm_cmd, self.env),
+                                 opts.repeats)
+        self.add(Row("featuremaps", "startup", "cnnviz featuremaps --image 7", "s", "lower",
+                     baseline_label="import floor", baseline=[c.seconds for c in floors],
+                     cnnviz=[c.seconds for c in fms], ratio_means="× the floor", ratio_inverted=True,
+                     note='floor: python -c "import torch, matplotlib.pyplot"'))
+        self.add(Row("featuremaps_rss", "memory", "featuremaps peak RSS", "MB", "lower",
+                     baseline_label="import floor", baseline=[c.max_rss_mb for c in floors],
+                     cnnviz=[c.max_rss_mb for c in fms], ratio_means="× the floor", ratio_inverted=True))
+
+    def section_loop(self) -> None:
+        opts = self.options
+        self.log(f"loop: training-loop throughput, {opts.epochs} epoch(s) on {opts.limit} images, {opts.repeats} pairs")
+        results: dict[str, list[dict]] = {"tutorial": [], "cnnviz": [], "tutorial-threads": [], "cnnviz-bf16": []}
+
+        def run(variant: str, i: int) -> dict:
+            result, _ = self.worker("loop", variant=variant, seed=i)
+            results[variant].append(result)
+            self.log(f"  pair {i + 1}: {variant:<16} {result['images_per_s']:8.0f} img/s  "
+                     f"val acc {result['val_accuracy']:.4f}  threads {result['threads']}")
+            return result
+
+        def cnnviz_side(i: int) -> None:
+            run("cnnviz", i)
+            run("tutorial-threads", i)
+            if opts.bf16:
+                run("cnnviz-bf16", i)
+
+        self.pairs(lambda i: run("tutorial", i), cnnviz_side, opts.repeats)
+
+        def ips(variant):
+            return [r["images_per_s"] for r in results[variant]]
+
+        threads = {v: sorted({r["threads"] for r in rs}) for v, rs in results.items() if rs}
+        self.add(Row("loop", "train", "training loop (fp32)", "img/s", "higher", baseline=ips("tutorial"),
+                     cnnviz=ips("cnnviz"),
+                     note=f"threads: tutorial {threads['tutorial']}, cnnviz {threads['cnnviz']}"))
+        self.add(Row("loop_same_threads", "train", "training loop, tutorial at cnnviz's thread count", "img/s",
+                     "higher", baseline_label="tutorial (cnnviz threads)", baseline=ips("tutorial-threads"),
+                     cnnviz=ips("cnnviz"), note="isolates the data path + memory layout from the thread count"))
+        if opts.bf16:
+            self.add(Row("loop_bf16", "train", "training loop (cnnviz --precision bf16)", "img/s", "higher",
+                         baseline=ips("tutorial"), cnnviz=ips("cnnviz-bf16")))
+        self.add(Row("loop_acc", "train", "validation accuracy after the loop", "%", "higher",
+                     baseline=[r["val_accuracy"] for r in results["tutorial"]],
+                     cnnviz=[r["val_accuracy"] for r in results["cnnviz"]], ratio_means="",
+                     extra={"bf16": [r["val_accuracy"] for r in results["cnnviz-bf16"]],
+                            "tutorial_threads": [r["val_accuracy"] for r in results["tutorial-threads"]]}))
+        self.add(Row("loop_rss", "memory", "training peak RSS (loop process)", "MB", "lower",
+                     baseline=[r["process_rss_mb"] for r in results["tutorial"]],
+                     cnnviz=[r["process_rss_mb"] for r in results["cnnviz"]], ratio_means="× less"))
+
+    def section_command(self) -> None:
+        opts = self.options
+        self.log(f"command: cnnviz train --epochs {opts.epochs} --limit {opts.limit} against the tutorial "
+                 f"script, {opts.repeats} pairs")
+        root = self.tutorial_data_root()
+        script = self.workspace / "tutorial_pipeline.py"
+        script.write_text(TUTORIAL_SCRIPT)
+        results: dict[str, list[dict]] = {"tutorial": [], "cnnviz": []}
+
+        def tutorial(i: int) -> None:
+            child = run_child([sys.executable, str(script), str(root), opts.dataset, str(opts.epochs),
+                               str(opts.limit), str(i)], self.env)
+            doc = child.json()
+            results["tutorial"].append({"seconds": child.seconds, "rss": child.max_rss_mb, "acc": doc["val_accuracy"],
+                                        "val_size": doc["val_size"]})
+            self.log(f"  pair {i + 1}: tutorial script {child.seconds:6.1f} s  val acc {doc['val_accuracy']:.4f}")
+
+        def cnnviz(i: int) -> None:
+            store = self.workspace / f"train-store-{i}"
+            args = ["train", "--dataset", opts.dataset, "--epochs", str(opts.epochs), "--limit", str(opts.limit),
+                    "--seed", str(i), "--artifacts", str(store), "--json", "--quiet"]
+            child = run_child(cnnviz_cmd(*args), self.env)
+            doc = child.json()
+            acc = doc["final"]["val_accuracy"]
+            results["cnnviz"].append({"seconds": child.seconds, "rss": child.max_rss_mb, "acc": acc,
+                                      "val_size": doc["val_size"]})
+            shutil.rmtree(store, ignore_errors=True)
+            self.log(f"  pair {i + 1}: cnnviz train    {child.seconds:6.1f} s  val acc {acc:.4f}")
+
+        self.pairs(tutorial, cnnviz, opts.repeats)
+        self.add(Row("command", "train", f"whole command, {opts.epochs} epoch(s)", "s", "lower",
+                     baseline_label="tutorial script",
+                     baseline=[r["seconds"] for r in results["tutorial"]],
+                     cnnviz=[r["seconds"] for r in results["cnnviz"]],
+                     note="cnnviz also writes checkpoints, manifest and curves.png; the script writes nothing"))
+        self.add(Row("command_acc", "train", "validation accuracy (whole command)", "%", "higher",
+                     baseline_label="tutorial script", baseline=[r["acc"] for r in results["tutorial"]],
+                     cnnviz=[r["acc"] for r in results["cnnviz"]], ratio_means="",
+                     extra={"val_size": min(r["val_size"] for r in results["tutorial"] + results["cnnviz"])}))
+        self.add(Row("command_rss", "memory", "whole command peak RSS", "MB", "lower",
+                     baseline_label="tutorial script", baseline=[r["rss"] for r in results["tutorial"]],
+                     cnnviz=[r["rss"] for r in results["cnnviz"]], ratio_means="× less"))
+
+    def section_eval(self) -> None:
+        opts = self.options
+        self.log(f"eval: test-set class scores with the small run's checkpoint, {opts.repeats} pairs")
+        results: dict[str, list[dict]] = {"tutorial": [], "cnnviz": []}
+
+        def run(variant: str, i: int) -> None:
+            result, _ = self.worker("eval", variant=variant, checkpoint=str(self.checkpoint))
+            results[variant].append(result)
+            self.log(f"  pair {i + 1}: {variant:<9} {result['images_per_s']:8.0f} img/s  acc {result['accuracy']:.4f}")
+
+        self.pairs(lambda i: run("tutorial", i), lambda i: run("cnnviz", i), opts.repeats)
+        accs = {v: sorted({round(r["accuracy"], 6) for r in rs}) for v, rs in results.items()}
+        self.add(Row("eval", "eval", "evaluation on the test set", "img/s", "higher",
+                     baseline=[r["images_per_s"] for r in results["tutorial"]],
+                     cnnviz=[r["images_per_s"] for r in results["cnnviz"]],
+                     note=f"accuracy: tutorial {accs['tutorial']}, cnnviz {accs['cnnviz']}"))
+        self.checks["eval_accuracy_equal"] = accs["tutorial"] == accs["cnnviz"]
+
+    def section_render(self) -> None:
+        opts = self.options
+        out_dir = self.workspace / "render"
+        out_dir.mkdir(exist_ok=True)
+        from importlib.util import find_spec
+
+        if find_spec("cnnviz_cli.plots.filters") is None:
+            self.notes.append("filters: skipped, cnnviz_cli/plots/filters.py is not in this checkout.")
+            return
+        for layers, label in (("model", "filters of the tutorial model (conv1 + conv2)"),
+                              ("synthetic512", "filters of a 512×512 3×3 layer")):
+            self.log(f"render: {label}, {opts.repeats} pairs (baseline budget {opts.render_budget_s:.0f} s)")
+            results: dict[str, list[dict]] = {"tutorial": [], "cnnviz": []}
+
+            def run(variant: str, i: int, layers=layers, results=results) -> None:
+                result, _ = self.worker("render", variant=variant, layers=layers, budget_s=opts.render_budget_s,
+                                        checkpoint=str(self.checkpoint), out_dir=str(out_dir))
+                results[variant].append(result)
+                extra = f" (drew {result['drawn']} of {result['total']}, extrapolated)" if result["extrapolated"] else ""
+                self.log(f"  pair {i + 1}: {variant:<9} {result['seconds']:8.2f} s{extra}")
+
+            self.pairs(lambda i: run("tutorial", i), lambda i: run("cnnviz", i), opts.repeats)
+            base = results["tutorial"]
+            extrapolated = any(r["extrapolated"] for r in base)
+            drawn = sorted({r["drawn"] for r in base})
+            total = base[0]["total"] if base else 0
+            note = (f"baseline extrapolated from {drawn} of {total} kernels drawn within the budget"
+                    if extrapolated else f"all {total} kernels drawn by both")
+            key = "render_model" if layers == "model" else "render_512"
+            self.add(Row(key, "render", label, "s", "lower", baseline_label="one subplot per kernel",
+                         baseline=[r["seconds"] for r in base], cnnviz=[r["seconds"] for r in results["cnnviz"]],
+                         note=note, extrapolated=extrapolated,
+                         extra={"baseline_drawn": drawn, "kernels": total}))
+            self.add(Row(key + "_rss", "memory", f"rendering peak RSS, {label}", "MB", "lower",
+                         baseline_label="one subplot per kernel",
+                         baseline=[r["process_rss_mb"] for r in base],
+                         cnnviz=[r["process_rss_mb"] for r in results["cnnviz"]], ratio_means="× less",
+                         note=f"baseline at {drawn} kernels" if extrapolated else ""))
+
+    # ---- the whole run
+
+    def run(self) -> dict:
+        started = time.perf_counter()
+        machine = machine_info()
+        self.log(machine_line(machine))
+        self.setup()
+        for section in self.options.sections:
+            getattr(self, f"section_{section}")()
+        machine["loadavg_end"] = _loadavg()
+        return self.document(machine, time.perf_counter() - started)
+
+    def document(self, machine: dict, seconds: float) -> dict:
+        return {
+            "schema": SCHEMA,
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 1),
+            "machine": machine,
+            "options": {
+                "dataset": self.options.dataset,
+                "data_dir": str(self.options.data_dir) if self.options.data_dir else None,
+                "limit": self.options.limit,
+                "epochs": self.options.epochs,
+                "repeats": self.options.repeats,
+                "startup_repeats": self.options.startup_repeats,
+                "render_budget_s": self.options.render_budget_s,
+                "batch_size": BATCH_SIZE,
+                "sections": list(self.options.sections),
+                "quick": self.options.quick,
+            },
+            "rows": [row.to_dict() for row in self.rows],
+            "checks": self.checks,
+            "targets": evaluate_targets(self.rows, self.checks),
+            "notes": self.notes,
+        }
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def machine_info() -> dict:
+    import matplotlib
+    import torch
+    import torchvision
+
+    from cnnviz_cli.training import cpu_threads
+
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "cpu": cpu_model,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "torch_threads_default": torch.get_num_threads(),
+        "cnnviz_threads_at_start": cpu_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "loadavg_start": _loadavg(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "matplotlib": matplotlib.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def machine_line(m: dict) -> str:
+    return (f"{m['cpu']}, {m['usable_cores']} of {m['cores']} cores, torch threads {m['torch_threads_default']} "
+            f"(cnnviz picks {m['cnnviz_threads_at_start']}), CPU capability {m['cpu_capability']}, "
+            f"load {m['loadavg_start']}, Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Targets and reports
+
+
+def _row(rows: Sequence[Row], key: str) -> Row | None:
+    return next((r for r in rows if r.key == key), None)
+
+
+def accuracy_tolerance(val_size: int, accuracy: float) -> float:
+    """One binomial standard error of an accuracy measured on ``val_size`` images."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 1e-4) / max(val_size, 1))
+
+
+def evaluate_targets(rows: Sequence[Row], checks: dict) -> list[dict]:
+    targets = []
+
+    def add(key, name, wanted, value, passed, detail=""):
+        targets.append({"key": key, "target": name, "wanted": wanted, "value": value, "pass": passed,
+                        "detail": detail})
+
+    command, command_acc = _row(rows, "command"), _row(rows, "command_acc")
+    if command and command.ratios():
+        ratio = Stat.of(command.ratios()).median
+        acc_b, acc_c = Stat.of(command_acc.baseline), Stat.of(command_acc.cnnviz)
+        tol = accuracy_tolerance(command_acc.extra.get("val_size", 2400), acc_b.median) if acc_b else 0.0
+        acc_ok = bool(acc_b and acc_c and acc_c.median >= acc_b.median - tol)
+        add("command", "cnnviz train whole command vs tutorial script", f">= {TARGETS['command']}× faster, "
+            "val accuracy equal or better", round(ratio, 3), ratio >= TARGETS["command"] and acc_ok,
+            f"median val accuracy cnnviz {acc_c.median:.4f} vs tutorial {acc_b.median:.4f} "
+            f"(equal within one standard error, {tol:.4f})" if acc_b and acc_c else "")
+    loop = _row(rows, "loop")
+    if loop and loop.ratios():
+        ratio = Stat.of(loop.ratios()).median
+        add("loop", "training-loop throughput vs tutorial", f">= {TARGETS['loop']}×", round(ratio, 3),
+            ratio >= TARGETS["loop"])
+    bf16 = _row(rows, "loop_bf16")
+    if bf16 and bf16.ratios():
+        ratio = Stat.of(bf16.ratios()).median
+        acc = _row(rows, "loop_acc")
+        detail = ""
+        if acc and acc.extra.get("bf16"):
+            detail = (f"median val accuracy bf16 {statistics.median(acc.extra['bf16']):.4f} vs fp32 "
+                      f"{statistics.median(acc.cnnviz):.4f}")
+        add("loop_bf16", "training-loop throughput with --precision bf16 (reported, no target)", "report",
+            round(ratio, 3), None, detail)
+    help_row = _row(rows, "help")
+    if help_row and help_row.cnnviz:
+        value = Stat.of(help_row.cnnviz).median
+        add("help", "cnnviz --help start-up", f"<= {TARGETS['help']} s", round(value, 3), value <= TARGETS["help"])
+    if "help_imports" in checks:
+        add("help_imports", "cnnviz --help imports no torch/torchvision/matplotlib", "none",
+            checks["help_imports"] or "none", not checks["help_imports"])
+    if "runs_imports" in checks:
+        add("runs_imports", "cnnviz runs imports no torch/torchvision/matplotlib", "none",
+            checks["runs_imports"] or "none", not checks["runs_imports"])
+    fm = _row(rows, "featuremaps")
+    if fm and fm.ratios():
+        ratio = Stat.of(fm.ratios()).median
+        add("featuremaps", "cnnviz featuremaps --image 7 vs import floor", f"<= {TARGETS['featuremaps']}×",
+            round(ratio, 3), ratio <= TARGETS["featuremaps"])
+    r512 = _row(rows, "render_512")
+    if r512 and r512.cnnviz:
+        value = Stat.of(r512.cnnviz).median
+        add("filters512", "512×512 3×3 filters rendered", f"<= {TARGETS['filters512']} s", round(value, 3),
+            value <= TARGETS["filters512"])
+    return targets
+
+
+def _cells(row_dict: dict) -> tuple[str, str, str]:
+    unit = row_dict["unit"]
+
+    def stat(s):
+        if not s:
+            return "-"
+        text = f"{fmt_value(s['median'], unit)} {unit}".rstrip()
+        if len(s["runs"]) > 1:
+            text += f" ({fmt_value(s['min'], unit)}–{fmt_value(s['max'], unit)})"
+        return text
+
+    base = stat(row_dict["baseline"])
+    if row_dict["extrapolated"] and base != "-":
+        base += " extrapolated"
+    ratio = "-"
+    if row_dict["ratio"] and row_dict["ratio_means"]:
+        r = row_dict["ratio"]
+        ratio = f"{r['median']:.2f}× " + (f"({r['min']:.2f}–{r['max']:.2f}) " if len(r["runs"]) > 1 else "")
+        ratio += row_dict["ratio_means"].replace("× ", "").replace("x ", "")
+    return base, stat(row_dict["cnnviz"]), ratio.strip()
+
+
+def _verdict(passed) -> str:
+    return "n/a" if passed is None else "PASS" if passed else "FAIL"
+
+
+def rich_report(doc: dict):
+    """Renderables for the console: the header, the table of rows, the targets."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from cnnviz_cli.console import table
+
+    m = doc["machine"]
+    header = Text(f"cnnviz benchmark {doc['date']}  ({doc['options']['dataset']}, {doc['options']['limit']} "
+                  f"training images, {doc['options']['epochs']} epoch(s), {doc['options']['repeats']} pairs; "
+                  f"median (min–max), ratios pair by pair)\n{machine_line(m)}; load at end {m.get('loadavg_end')}")
+    rows = []
+    for r in doc["rows"]:
+        base, cnn, ratio = _cells(r)
+        rows.append((r["label"], f"{r['baseline_label']}: {base}" if base != "-" else "-", cnn, ratio, r["note"]))
+    results = table("Results", ["measurement", "baseline", ("cnnviz", "right"), ("ratio", "right"), "note"], rows)
+    targets = table("Targets", ["target", "wanted", ("value", "right"), "result", "detail"],
+                    [(t["target"], t["wanted"], t["value"], _verdict(t["pass"]), t["detail"]) for t in doc["targets"]])
+    parts = [header, results, targets]
+    parts += [Text(f"note: {n}") for n in doc["notes"]]
+    return Group(*parts)
+
+
+def markdown_report(doc: dict, json_name: str) -> str:
+    m, o = doc["machine"], doc["options"]
+    lines = [
+        "# cnnviz benchmark",
+        "",
+        f"Run {doc['date']} with `python -m cnnviz_cli.bench` (full data: [{json_name}]({json_name})); "
+        f"{o['dataset']}, first {o['limit']} training images (80/20 split), {o['epochs']} epoch(s), batch "
+        f"{o['batch_size']}, {o['repeats']} interleaved pairs per figure. Each cell is the median (min–max); "
+        "ratios are computed pair by pair (i-th cnnviz run against the i-th baseline run) and are > 1 when "
+        "cnnviz is better, except 'of floor'.",
+        "",
+        f"Machine: {m['cpu']}, {m['usable_cores']} of {m['cores']} cores, CPU capability {m['cpu_capability']}, "
+        f"torch default threads {m['torch_threads_default']} (cnnviz picked {m['cnnviz_threads_at_start']}), "
+        f"load average {m['loadavg_start']} at start and {m.get('loadavg_end')} at end (shared machine); "
+        f"Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, matplotlib {m['matplotlib']}.",
+        "",
+        "| measurement | baseline | cnnviz | ratio | note |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in doc["rows"]:
+        base, cnn, ratio = _cells(r)
+        base = f"{r['baseline_label']}: {base}" if base != "-" else "-"
+        lines.append(f"| {r['label']} | {base} | {cnn} | {ratio} | {r['note']} |")
+    lines += ["", "| target | wanted | value | result | detail |", "| --- | --- | --- | --- | --- |"]
+    for t in doc["targets"]:
+        lines.append(f"| {t['target']} | {t['wanted']} | {t['value']} | {_verdict(t['pass'])} | {t['detail']} |")
+    if doc["notes"]:
+        lines += [""] + [f"- {n}" for n in doc["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def save_results(doc: dict, out_dir: Path) -> tuple[Path, Path]:
+    """``<out>/<date>.json`` and ``<out>/latest.md``, written atomically."""
+    from cnnviz_cli.store import atomic_write_bytes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{doc['date'][:10]}.json"
+    json_path = atomic_write_bytes(out_dir / name, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
+    md_path = atomic_write_bytes(out_dir / "latest.md", markdown_report(doc, name).encode())
+    return Path(json_path), Path(md_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m cnnviz_cli.bench",
+        description="Benchmark cnnviz against the tutorial's pipeline (torchvision dataset + ToTensor, "
+                    "random_split, DataLoader 256; one subplot per kernel) on the same data.",
+    )
+    parser.add_argument("--dataset", default="fashion-mnist", choices=("mnist", "fashion-mnist"))
+    parser.add_argument("--data-dir", type=Path, default=None, help="Folder with the IDX files (default: found by cnnviz).")
+    parser.add_argument("--limit", type=int, default=None, help="Training images used (default 12000; 3000 with --quick).")
+    parser.add_argument("--repeats", type=int, default=None, help="Interleaved pairs per figure (default 3; 2 with --quick).")
+    parser.add_argument("--epochs", type=int, default=1, help="Epochs of the training measurements (default 1).")
+    parser.add_argument("--render-budget", type=float, default=None,
+                        help="Seconds the one-subplot-per-kernel baseline may draw before extrapolating (default 20; 4 with --quick).")
+    parser.add_argument("--only", default=None, help=f"Comma-separated sections to run: {', '.join(SECTIONS)}.")
+    parser.add_argument("--no-bf16", action="store_true", help="Skip the bf16 training measurement.")
+    parser.add_argument("--quick", action="store_true", help="Fewer images, pairs and budget: a fast sanity run.")
+    parser.add_argument("--json", dest="json_out", action="store_true", help="Print the result document as JSON on stdout.")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks"), help="Folder for <date>.json and latest.md (default: benchmarks).")
+    parser.add_argument("--no-save", action="store_true", help="Do not write the results into --out.")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    from cnnviz_cli.errors import UsageError
+
+    quick = args.quick
+    sections = SECTIONS
+    if args.only:
+        sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
+        unknown = [s for s in sections if s not in SECTIONS]
+        if unknown:
+            raise UsageError(f"Unknown section(s) {', '.join(unknown)}.", f"Choose from: {', '.join(SECTIONS)}.")
+    options = Options(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        limit=args.limit if args.limit is not None else (3000 if quick else 12000),
+        repeats=args.repeats if args.repeats is not None else (2 if quick else 3),
+        epochs=args.epochs,
+        startup_repeats=3 if quick else 5,
+        render_budget_s=args.render_budget if args.render_budget is not None else (4.0 if quick else 20.0),
+        sections=sections,
+        bf16=not args.no_bf16,
+        quick=quick,
+    )
+    if options.limit < 10:
+        raise UsageError(f"--limit must be at least 10, got {options.limit}.")
+    if options.repeats < 1 or options.epochs < 1:
+        raise UsageError("--repeats and --epochs must be at least 1.")
+    if options.render_budget_s <= 0:
+        raise UsageError("--render-budget must be positive.")
+    if options.data_dir is not None and not options.data_dir.is_dir():
+        raise UsageError(f"--data-dir {options.data_dir} is not a folder.")
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        result = WORKERS[args.worker](json.loads(args.spec))
+        sys.stdout.write(json.dumps(result) + "\n")
+        return 0
+
+    from cnnviz_cli import console
+    from cnnviz_cli.errors import CnnvizError
+
+    try:
+        options = options_from(args)
+        from cnnviz_cli.data import locate
+
+        for split in ("train", "test"):  # fail early, with cnnviz's own message, if the data is missing
+            locate(options.dataset, split, options.data_dir, offline=True)
+    except CnnvizError as exc:
+        console.error(str(exc))
+        return exc.exit_code
+    bench = Bench(options, lambda message: console.console().print(message, highlight=False, markup=False))
+    try:
+        doc = bench.run()
+    finally:
+        bench.close()
+    console.console().print(rich_report(doc))
+    if not args.no_save:
+        json_path, md_path = save_results(doc, args.out)
+        doc["written"] = [str(json_path), str(md_path)]
+        console.info(f"Results written to {json_path} and {md_path}")
+    if args.json_out:
+        console.emit_json(doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
