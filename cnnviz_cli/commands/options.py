@@ -12,14 +12,14 @@ ArtifactsOpt = Annotated[
     typer.Option(
         "--artifacts",
         envvar="CNNVIZ_ARTIFACTS",
-        help="Artifact store folder. [default: ./artifacts]",
+        help="Artifact store folder. (default: ./artifacts)",
         show_default=False,
         file_okay=False,
     ),
 ]
 RunOpt = Annotated[
     str | None,
-    typer.Option("--run", help="Run id (see `cnnviz runs`). [default: the latest complete run]", show_default=False),
+    typer.Option("--run", help="Run id (see `cnnviz runs`). (default: the latest complete run)", show_default=False),
 ]
 JsonOpt = Annotated[
     bool,
@@ -30,7 +30,7 @@ DatasetOpt = Annotated[
     str | None,
     typer.Option(
         "--dataset",
-        help="mnist or fashion-mnist. [default: the dataset the run was trained on]",
+        help="mnist or fashion-mnist. (default: the dataset the run was trained on)",
         show_default=False,
     ),
 ]
@@ -52,7 +52,7 @@ DeviceOpt = Annotated[
 SplitOpt = Annotated[str, typer.Option("--split", help="Which images: test, val or train.")]
 LayerOpt = Annotated[
     list[str] | None,
-    typer.Option("--layer", "-l", help="Conv layer name such as conv1 (repeatable). [default: every conv layer]",
+    typer.Option("--layer", "-l", help="Conv layer name such as conv1 (repeatable). (default: every conv layer)",
                  show_default=False),
 ]
 ImageOpt = Annotated[
