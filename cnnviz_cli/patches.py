@@ -55,7 +55,8 @@ class RunningTopK:
         if self.state is not None:
             old = self.state
             # Earlier entries come first and hold lower image indices: a stable sort keeps that order on ties.
-            batch = tuple(torch.cat(pair, dim=1) for pair in zip((old.values, old.images, old.ys, old.xs), batch))
+            kept = (old.values, old.images, old.ys, old.xs)
+            batch = tuple(torch.cat(pair, dim=1) for pair in zip(kept, batch, strict=True))
         order = torch.sort(batch[0], dim=1, descending=True, stable=True).indices[:, : self.k]
         self.state = TopK(*(t.gather(1, order).contiguous() for t in batch))
 

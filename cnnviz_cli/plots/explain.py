@@ -33,7 +33,7 @@ def explain_figure(image: torch.Tensor, attributions: Sequence[Attribution], tit
     rows = len(attributions)
     figure = new_figure(8.4, 2.55 * rows + 0.45)
     axes = np.atleast_2d(figure.subplots(rows, 3))
-    for row, (attribution, row_title) in enumerate(zip(attributions, row_titles)):
+    for row, (attribution, row_title) in enumerate(zip(attributions, row_titles, strict=True)):
         values = attribution.values.numpy()
         vmin, vmax = _scale(values, attribution.signed)
         cmap = SIGNED_CMAP if attribution.signed else UNSIGNED_CMAP
