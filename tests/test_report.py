@@ -46,18 +46,32 @@ class TagBalance(HTMLParser):
             self.stack.pop()
 
 
-@pytest.fixture
-def reported_store(store_copy, tiny_data, tmp_path):
-    """A run with an evolution GIF (made from a picture whose name needs escaping) and a report."""
-    store, run_id = store_copy
+@pytest.fixture(scope="module")
+def reported_store(trained_store, tiny_data, session_cache, tmp_path_factory):
+    """A copy of the trained run with an evolution GIF (made from a picture whose name needs escaping) and a report.
+
+    Built once for the module (the report tests only read it).
+    """
     from PIL import Image
 
-    picture = tmp_path / "<b>bold.png"
+    source, run_id = trained_store
+    base = tmp_path_factory.mktemp("reported")
+    store = base / "artifacts"
+    shutil.copytree(source, store)
+    picture = base / "<b>bold.png"
     Image.new("L", (28, 28), 0).save(picture)
-    result = cli("evolution", "--artifacts", store, "--image", str(picture), "--quiet")
-    assert result.exit_code == 0, result.stderr
-    result = cli("report", "--artifacts", store, "--data-dir", tiny_data, "--images", "2", "--json", "--quiet")
-    assert result.exit_code == 0, (result.stderr, result.exception)
+    old = os.environ.get("CNNVIZ_CACHE_DIR")
+    os.environ["CNNVIZ_CACHE_DIR"] = str(session_cache)
+    try:
+        result = cli("evolution", "--artifacts", store, "--image", str(picture), "--quiet")
+        assert result.exit_code == 0, result.stderr
+        result = cli("report", "--artifacts", store, "--data-dir", tiny_data, "--images", "2", "--json", "--quiet")
+        assert result.exit_code == 0, (result.stderr, result.exception)
+    finally:
+        if old is None:
+            os.environ.pop("CNNVIZ_CACHE_DIR", None)
+        else:
+            os.environ["CNNVIZ_CACHE_DIR"] = old
     return store, run_id, json.loads(result.stdout)
 
 
