@@ -179,3 +179,22 @@ def test_bad_options_leave_the_store_unchanged(store_copy, args, code, needle):
     digest = tree_digest(store)
     assert_clean_error(cli("report", "--artifacts", store, *args), code, needle)
     assert tree_digest(store) == digest
+
+
+def test_open_hands_the_file_to_the_browser(store_copy, tmp_path):
+    """--open goes through Python's webbrowser module, which honours $BROWSER (here a script that records the URL)."""
+    import sys
+
+    from helpers import cnnviz_subprocess
+
+    store, run_id = store_copy
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.py"
+    browser.write_text(f"import sys, pathlib\npathlib.Path({str(opened)!r}).write_text(sys.argv[1])\n")
+    result = cnnviz_subprocess(
+        "report", "--artifacts", store, "--offline", "--images", "0", "--open", "--quiet",
+        env={"BROWSER": f"{sys.executable} {browser} %s", "CNNVIZ_CACHE_DIR": os.environ["CNNVIZ_CACHE_DIR"]},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert opened.read_text() == (store / run_id / "report" / "report.html").as_uri()

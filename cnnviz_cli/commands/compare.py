@@ -12,8 +12,8 @@ COMMAND = "compare"
 
 
 def main(
-    run_a: Annotated[str, typer.Argument(help="The reference run (A), e.g. the current main-branch model.")],
-    run_b: Annotated[str, typer.Argument(help="The run to compare with it (B); results are stored in B's folder.")],
+    run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="The reference run (A), e.g. the current main-branch model.")],
+    run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="The run to compare with it (B); results are stored in B's folder.")],
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     offline: OfflineOpt = False,
@@ -33,12 +33,9 @@ def main(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Compare two runs: differing options, accuracy and per-class accuracy on the same images, the
-    confusion-matrix difference (B − A), and their filters matched one-to-one by weight similarity.
+    """Compare two runs: differing options, accuracy and per-class accuracy on the same images, the confusion-matrix difference (B − A), and their filters matched one-to-one by weight similarity.
 
-    Writes compare/<RUN_A>/ into run B's folder (comparison.json, confusion_diff.png, per_class.png,
-    filters-<layer>.png). With --fail-below the results are still written (and printed with --json),
-    then the command exits with code 6 if B is worse than allowed.
+    Writes compare/<RUN_A>/ into run B's folder: comparison.json, confusion_diff.png, per_class.png and filters-<layer>.png. With --fail-below the results are still written (and printed with --json), then the command exits with code 6 if B's accuracy is more than DELTA below A's.
 
     Example: cnnviz compare 20240101-120000 20240102-090000 --fail-below 1%
     """

@@ -55,10 +55,7 @@ def main(
 ) -> None:
     """Show how a layer's filters formed over training: one frame per epoch, on one shared colour scale.
 
-    Reads the run's per-epoch checkpoints (kept by `cnnviz train --keep-checkpoints all`, the default),
-    writes evolution/<layer>/filters.gif (or .png), changes.png and evolution.json into the run, and
-    prints per filter and epoch the L2 distance to the previous epoch and the cosine similarity to the
-    final filter. With --image, also the feature maps of that image at every epoch.
+    Reads the run's per-epoch checkpoints (kept by `cnnviz train --keep-checkpoints all`, the default) and writes evolution/<layer>/filters.gif (or .png with --format png), changes.png and evolution.json into the run. The table shows, per filter and epoch, the L2 distance of the weights to the previous epoch and the cosine similarity to the final filter. With --image, also the feature maps of that image at every epoch.
 
     Example: cnnviz evolution --layer conv1 --image 7
     """
