@@ -40,6 +40,9 @@ COMPARE_SPLITS = ("test", "val")
 BatchCallback = Callable[[int, int], None]
 # Options that say how a run was executed, not what it learned; shown, but never a reason to refuse a comparison.
 VAL_CARVING = ("val_fraction", "seed", "limit")
+# Optimal matching finds some similarity even between unrelated filters; this many seeded draws of random
+# Gaussian filters of the same shape give the chance level to read the matched similarity against.
+CHANCE_DRAWS = 8
 
 
 def parse_delta(text: str | None) -> float | None:
@@ -96,6 +99,7 @@ class LayerMatch:
     similarity: list[float]
     identity_similarity: list[float]
     inputs_aligned_by: str | None  # the previous layer whose matching reordered B's input channels
+    chance_similarity: float = float("nan")  # mean matched similarity of A's filters with random filters
 
     @property
     def mean_similarity(self) -> float:
@@ -111,6 +115,7 @@ class LayerMatch:
             "shape": list(self.shape),
             "mean_similarity": self.mean_similarity,
             "identity_mean_similarity": self.identity_mean_similarity,
+            "chance_mean_similarity": self.chance_similarity,
             "min_similarity": min(self.similarity),
             "max_similarity": max(self.similarity),
             "inputs_aligned_by": self.inputs_aligned_by,
@@ -119,6 +124,20 @@ class LayerMatch:
                 for i, (j, s) in enumerate(zip(self.pairs, self.similarity, strict=True))
             ],
         }
+
+
+def chance_similarity(a: torch.Tensor, draws: int = CHANCE_DRAWS) -> float:
+    """Mean matched cosine similarity of ``a``'s filters with random Gaussian filters of the same shape (seeded)."""
+    import torch
+
+    from cnnviz_cli.matching import match_filters
+
+    generator = torch.Generator().manual_seed(0)
+    values = [
+        match_filters(a, torch.randn(tuple(a.shape), generator=generator, dtype=torch.float64)).mean_similarity
+        for _ in range(draws)
+    ]
+    return sum(values) / len(values)
 
 
 def match_layers(weights_a: dict[str, torch.Tensor], weights_b: dict[str, torch.Tensor], layers: list[str]):
@@ -147,6 +166,7 @@ def match_layers(weights_a: dict[str, torch.Tensor], weights_b: dict[str, torch.
             aligned_by = previous.layer
         match = match_filters(a, b)
         aligned_b[layer] = b
+        chance = chance_similarity(a)
         previous = LayerMatch(
             layer=layer,
             shape=tuple(int(s) for s in a.shape),
@@ -154,6 +174,7 @@ def match_layers(weights_a: dict[str, torch.Tensor], weights_b: dict[str, torch.
             similarity=match.similarity,
             identity_similarity=match.identity_similarity,
             inputs_aligned_by=aligned_by,
+            chance_similarity=chance,
         )
         matches.append(previous)
     return matches, skipped, aligned_b

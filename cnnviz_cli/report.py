@@ -443,7 +443,7 @@ def _compare_section(c: _Collector, outputs: dict) -> Section:
             ]
             rows += [
                 [f"{m['layer']} matched mean cosine", "", "", f"{m['mean_similarity']:.3f} "
-                 f"(same index {m['identity_mean_similarity']:.3f})"]
+                 f"(same index {m['identity_mean_similarity']:.3f}, chance {m.get('chance_mean_similarity', float('nan')):.3f})"]
                 for m in data.get("filters", [])
             ]
             differing = ", ".join(f"{o['option']}: {o['a']} → {o['b']}" for o in data.get("options_differing", []))

@@ -124,7 +124,8 @@ def _write(comparison, gate) -> dict:
                 weight_a, weight_b, match.pairs, match.similarity,
                 title=(f"{match.layer} filters matched one-to-one: A = {a}, B = {b}\n"
                        f"matched mean cosine similarity {match.mean_similarity:.2f} "
-                       f"(same index: {match.identity_mean_similarity:.2f}){aligned}"),
+                       f"(same index: {match.identity_mean_similarity:.2f}, chance level: {match.chance_similarity:.2f})"
+                       f"{aligned}"),
             )
             rel = f"{base}/filters-{match.layer}.png"
             save_figure(figure, staging.path(rel, kind="figure"))
@@ -175,12 +176,13 @@ def _print(comparison, gate) -> None:
     ))
     out.print(console.table(
         "Filters matched one-to-one by cosine similarity",
-        ["layer", "shape", ("matched mean cos", "right"), ("min", "right"), ("same-index mean cos", "right"), "note"],
+        ["layer", "shape", ("matched mean cos", "right"), ("min", "right"), ("same-index mean", "right"),
+         ("chance level", "right"), "note"],
         [(m.layer, "×".join(map(str, m.shape)), f"{m.mean_similarity:.3f}", f"{min(m.similarity):.3f}",
-          f"{m.identity_mean_similarity:.3f}",
+          f"{m.identity_mean_similarity:.3f}", f"{m.chance_similarity:.3f}",
           f"inputs aligned by {m.inputs_aligned_by}" if m.inputs_aligned_by else "")
          for m in comparison.layers]
-        + [(s["layer"], f"{s['a']} vs {s['b']}", "-", "-", "-", "shapes differ: not compared")
+        + [(s["layer"], f"{s['a']} vs {s['b']}", "-", "-", "-", "-", "shapes differ: not compared")
            for s in comparison.skipped_layers],
     ))
     if comparison.layers:
@@ -191,6 +193,10 @@ def _print(comparison, gate) -> None:
         rows = [cells[k : k + per_row] + [""] * (per_row - len(cells[k : k + per_row]))
                 for k in range(0, len(cells), per_row)]
         out.print(console.table(f"{first.layer} pairs (best first)", [""] * per_row, rows))
+        console.info(
+            "chance level: the mean matched similarity of run A's filters with random filters of the same shape; "
+            "matched similarities near it mean the runs learned unrelated filters."
+        )
     if gate is not None and gate["passed"]:
         console.info(
             f"Gate passed: B is {gate['drop'] * 100:.2f} points below A (allowed {gate['fail_below'] * 100:.2f})."
