@@ -131,14 +131,6 @@ def _download(dataset: str) -> None:
         return
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _decode(path: Path, reader_name: str) -> torch.Tensor:
     """Decode one IDX file with torchvision's reader (it wants an uncompressed file)."""
     from torchvision.datasets import mnist as tv_mnist
@@ -167,10 +159,10 @@ def load_raw_split(dataset: str, split: str, data_dir: Path | None = None, offli
     import torch
     from safetensors.torch import load_file, save_file
 
-    from cnnviz_cli.store import atomic_write
+    from cnnviz_cli.store import atomic_write, sha256_file
 
     images_path, labels_path = locate(dataset, split, data_dir, offline)
-    key = hashlib.sha256((_sha256(images_path) + _sha256(labels_path)).encode()).hexdigest()[:24]
+    key = hashlib.sha256((sha256_file(images_path) + sha256_file(labels_path)).encode()).hexdigest()[:24]
     cached = cache_dir() / "decoded" / f"{dataset}-{split}-{key}.safetensors"
     source = f"{images_path}"
     if cached.is_file():
