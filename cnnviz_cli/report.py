@@ -430,36 +430,67 @@ def _evolution_section(c: _Collector, outputs: dict) -> Section:
     return section
 
 
+def _comparison_table(data: dict, here: str) -> Table:
+    a, b = data["a"], data["b"]
+    rows = [
+        ["accuracy", _pct(a["accuracy"]), _pct(b["accuracy"]), f"{data['accuracy_difference'] * 100:+.2f} pt"],
+        ["loss", f"{a['loss']:.4f}", f"{b['loss']:.4f}", f"{data['loss_difference']:+.4f}"],
+    ]
+    rows += [
+        [f"{m['layer']} matched mean cosine", "", "",
+         f"{m['mean_similarity']:.3f} (same index {m['identity_mean_similarity']:.3f}, "
+         f"chance {m.get('chance_mean_similarity', float('nan')):.3f})"]
+        for m in data.get("filters", [])
+    ]
+    differing = ", ".join(f"{o['option']}: {o['a']} → {o['b']}" for o in data.get("options_differing", []))
+    label_a = data["run_a"] + (" (this run)" if data["run_a"] == here else "")
+    label_b = data["run_b"] + (" (this run)" if data["run_b"] == here else "")
+    return Table(
+        f"A = {label_a}, B = {label_b} on {data['dataset']} {data['split']}"
+        + (f"; differing options: {differing}" if differing else ""),
+        ["", "A", "B", "B − A"],
+        rows,
+        [False, True, True, True],
+    )
+
+
 def _compare_section(c: _Collector, outputs: dict) -> Section:
     section = Section("compare", "Comparisons with other runs")
     stored = _stored_sections(c, outputs, "compare")
     for name, record in stored:
         data = c.json_file(f"{name}/comparison.json") if f"{name}/comparison.json" in record.get("files", []) else None
         if data:
-            a, b = data["a"], data["b"]
-            rows = [
-                ["accuracy", _pct(a["accuracy"]), _pct(b["accuracy"]), f"{data['accuracy_difference'] * 100:+.2f} pt"],
-                ["loss", f"{a['loss']:.4f}", f"{b['loss']:.4f}", f"{data['loss_difference']:+.4f}"],
-            ]
-            rows += [
-                [f"{m['layer']} matched mean cosine", "", "", f"{m['mean_similarity']:.3f} "
-                 f"(same index {m['identity_mean_similarity']:.3f}, chance {m.get('chance_mean_similarity', float('nan')):.3f})"]
-                for m in data.get("filters", [])
-            ]
-            differing = ", ".join(f"{o['option']}: {o['a']} → {o['b']}" for o in data.get("options_differing", []))
-            section.tables.append(
-                Table(
-                    f"A = {data['run_a']}, B = {data['run_b']} (this run) on {data['dataset']} {data['split']}"
-                    + (f"; differing options: {differing}" if differing else ""),
-                    ["", "A", "B", "B − A"],
-                    rows,
-                    [False, True, True, True],
-                )
-            )
+            section.tables.append(_comparison_table(data, c.run.id))
         section.pictures.extend(_pictures_of(c, name, record))
-    if not stored:
+    # Comparisons are stored in run B; show run A's side too, read (and verified) from the other run.
+    elsewhere = 0
+    for other_id in c.run.store.run_ids():
+        if other_id == c.run.id:
+            continue
+        other = type(c.run)(c.run.store, other_id)
+        try:
+            record = (other.manifest().get("outputs") or {}).get(f"compare/{c.run.id}")
+        except ArtifactError:
+            continue
+        if not record:
+            continue
+        relpath = f"compare/{c.run.id}/comparison.json"
+        try:
+            data = json.loads(other.verified_file(relpath).read_bytes())
+        except (ArtifactError, ValueError) as exc:
+            c.warnings.append(f"left out {other_id}/{relpath}: {exc}")
+            continue
+        section.tables.append(_comparison_table(data, c.run.id))
+        section.notes.append(
+            f"Run {other_id} was compared with this run; its pictures are in {other.dir / 'compare' / c.run.id} "
+            f"and in the report of run {other_id}."
+        )
+        elsewhere += 1
+    if not stored and not elsewhere:
         section.status = "missing"
         section.missing = f"cnnviz compare OTHER_RUN {c.run.id}"
+    elif not stored:
+        section.status = "in other runs"
     return section
 
 

@@ -89,6 +89,14 @@ def test_two_seeds_evaluated_on_the_same_images_with_matched_filters(store_copy,
     for relpath in record["files"]:
         assert manifest["files"][relpath]["sha256"]
     assert not (store / run_a / "compare").exists()
+    assert 0.0 < conv1["chance_mean_similarity"] < 1.0
+
+    # Run A's report finds the comparison stored in run B.
+    result = cli("report", "--artifacts", store, "--run", run_a, "--offline", "--images", "0", "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["sections"]["compare"] == "in other runs"
+    html = (store / run_a / "report/report.html").read_text()
+    assert f"A = {run_a} (this run), B = {run_b} on mnist test" in html
 
 
 def test_a_channel_permuted_copy_is_matched_exactly(store_copy, tiny_data):
