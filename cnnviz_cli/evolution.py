@@ -29,6 +29,7 @@ __all__ = [
     "Evolution",
     "epoch_checkpoints",
     "filter_changes",
+    "check_initial",
     "initial_model",
     "load_evolution",
 ]
@@ -186,8 +187,8 @@ def filter_changes(weights: list[torch.Tensor]) -> tuple[list[list[float | None]
 def initial_model(manifest: dict):
     """The run's weights before the first step, rebuilt exactly as training built them (seeded, on the CPU).
 
-    Only trusted with the torch version the run was trained with: the random initialisation may differ
-    between versions.
+    Only trusted with the torch and cnnviz versions the run was trained with (the initialisation may differ
+    between versions); ``check_initial`` then tests the rebuilt weights against the first checkpoint.
     """
     import torch
 
@@ -201,10 +202,45 @@ def initial_model(manifest: dict):
             f"trained with ({trained_with or 'not recorded'}); this is torch {torch.__version__}.",
             "Leave out --initial.",
         )
+    from cnnviz_cli import __version__
+
+    made_by = (manifest.get("versions") or {}).get("cnnviz")
+    if made_by != __version__:
+        raise UsageError(
+            f"--initial needs the cnnviz version the run was trained with ({made_by or 'not recorded'}); "
+            f"this is cnnviz {__version__}.",
+            "Leave out --initial.",
+        )
     options = manifest.get("options") or {}
     config = ModelConfig(**options.get("model", {}))
     torch.manual_seed(int(options.get("seed", manifest.get("seed", 0))))
     return Net(config).eval()
+
+
+# Adam moves a weight by at most about lr·(1−β1)/√(1−β2) ≈ 3.2·lr per step (β = 0.9, 0.999); 4 leaves room.
+ADAM_STEP_BOUND = 4.0
+
+
+def check_initial(initial, first, manifest: dict, first_epoch: int) -> None:
+    """Refuse rebuilt initial weights that training could not have turned into the first checkpoint.
+
+    A run trained by other code (another initialisation scheme, other use of the random generator) gives
+    initial weights that differ from the first epoch's by more than Adam can move a weight in that many steps.
+    """
+    import math
+
+    options = manifest.get("options") or {}
+    steps = first_epoch * math.ceil(int(manifest.get("train_size") or 1) / int(options.get("batch_size") or 1))
+    bound = ADAM_STEP_BOUND * float(options.get("lr", 1e-3)) * steps
+    start, end = initial.state_dict(), first.state_dict()
+    moved = max(float((end[name].float() - start[name].float()).abs().max()) for name in start)
+    if moved > bound:
+        raise UsageError(
+            f"--initial cannot rebuild the initial weights of this run: they differ from epoch {first_epoch}'s "
+            f"checkpoint by up to {moved:.3g}, but {steps} Adam steps at lr {options.get('lr')} move a weight by at "
+            f"most about {bound:.3g}. The run was trained by other code (another initialisation).",
+            "Leave out --initial.",
+        )
 
 
 def load_evolution(
@@ -248,6 +284,8 @@ def load_evolution(
                 raise ArtifactError(
                     f"{item.relpath} of run '{run.id}' says it holds epoch {info.epoch}, not {item.epoch}."
                 )
+            if first is not None and done == 2:  # the first real checkpoint, right after the rebuilt epoch 0
+                check_initial(first, model, manifest, item.epoch)
         weights.append(model.block(layer)["conv"].weight.detach().to(torch.float32).clone())
         if image is not None:
             with torch.inference_mode(), capture_activations(model, [layer], [FEATUREMAP_STAGE]) as captured:

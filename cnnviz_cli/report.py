@@ -258,7 +258,7 @@ def _options_table(manifest: dict) -> Table:
             for k, v in value.items():
                 walk(f"{prefix}.{k}" if prefix else k, v)
         else:
-            rows.append([prefix, _short(value)])
+            rows.append([prefix, "-" if value is None else _short(value)])
 
     walk("", manifest.get("options") or {})
     return Table("Training options (from the manifest)", ["option", "value"], rows)

@@ -147,3 +147,16 @@ def test_damaged_epoch_checkpoint_is_refused(store_copy):
     result = cli("evolution", "--artifacts", store)
     assert_clean_error(result, 4, "epoch-001.safetensors", "sha256")
     assert not (store / run_id / "evolution").exists()
+
+
+def test_initial_weights_that_cannot_have_started_the_run_are_refused(store_copy):
+    """The manifest claims another seed: the rebuilt weights are far from epoch 1's, more than Adam can move."""
+    store, run_id = store_copy
+    manifest_path = store / run_id / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["options"]["seed"] = 99
+    manifest_path.write_text(json.dumps(manifest))
+    digest = tree_digest(store)
+    result = cli("evolution", "--artifacts", store, "--initial")
+    assert_clean_error(result, 2, "cannot rebuild the initial weights", "Adam steps", "Leave out --initial")
+    assert tree_digest(store) == digest
