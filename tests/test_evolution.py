@@ -69,7 +69,7 @@ def test_gif_has_one_frame_per_epoch_in_order(store_copy):
 def test_change_numbers_match_the_checkpoints_and_provenance_is_recorded(store_copy, tiny_data):
     store, run_id = store_copy
     before = json.loads((store / run_id / "manifest.json").read_text())
-    doc = _run_json("--artifacts", store, "--run", run_id, "--format", "png", "--image", "3", "--layer", "conv2",
+    doc = _run_json("--artifacts", store, "--run", run_id, "--format", "both", "--image", "3", "--layer", "conv2",
                     "--data-dir", tiny_data)
     run_dir = store / run_id
     w1, w2 = _layer_weights(run_dir, 1, "conv2"), _layer_weights(run_dir, 2, "conv2")
@@ -92,8 +92,10 @@ def test_change_numbers_match_the_checkpoints_and_provenance_is_recorded(store_c
     assert record["options"]["layer"] == "conv2" and record["options"]["image"] == "3"
     assert sorted(record["files"]) == [
         "evolution/conv2/changes.png", "evolution/conv2/evolution.json",
-        "evolution/conv2/featuremaps-test-3.png", "evolution/conv2/filters.png",
+        "evolution/conv2/featuremaps-test-3.gif", "evolution/conv2/featuremaps-test-3.png",
+        "evolution/conv2/filters.gif", "evolution/conv2/filters.png",
     ]
+    assert doc["files"]["filters_png"] == str(run_dir / "evolution/conv2/filters.png")
     for relpath in record["files"]:
         assert relpath in manifest["files"]
         assert (run_dir / relpath).stat().st_size > 0

@@ -19,7 +19,7 @@ from cnnviz_cli.commands.options import (
 )
 
 COMMAND = "evolution"
-FORMATS = ("gif", "png")
+FORMATS = ("gif", "png", "both")
 # At most this many epoch columns in the per-filter table; every epoch is in the JSON.
 TABLE_EPOCHS = 6
 
@@ -36,7 +36,7 @@ def main(
         ),
     ] = None,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="gif (animated, one frame per epoch) or png (all epochs side by side).")
+        str, typer.Option("--format", "-f", help="gif (animated, one frame per epoch), png (all epochs side by side) or both.")
     ] = "gif",
     initial: Annotated[
         bool,
@@ -55,7 +55,7 @@ def main(
 ) -> None:
     """Show how a layer's filters formed over training: one frame per epoch, on one shared colour scale.
 
-    Reads the run's per-epoch checkpoints (kept by `cnnviz train --keep-checkpoints all`, the default) and writes evolution/<layer>/filters.gif (or .png with --format png), changes.png and evolution.json into the run. The table shows, per filter and epoch, the L2 distance of the weights to the previous epoch and the cosine similarity to the final filter. With --image, also the feature maps of that image at every epoch.
+    Reads the run's per-epoch checkpoints (kept by `cnnviz train --keep-checkpoints all`, the default) and writes evolution/<layer>/filters.gif (or .png with --format png, or both), changes.png and evolution.json into the run. The table shows, per filter and epoch, the L2 distance of the weights to the previous epoch and the cosine similarity to the final filter. With --image, also the feature maps of that image at every epoch.
 
     Example: cnnviz evolution --layer conv1 --image 7
     """
@@ -176,41 +176,44 @@ def _write(the_run, evolution, *, fmt: str, split: str, image_spec: str | None, 
     }
     written = {}
     with the_run.outputs(base, record=record) as staging:
-        rel = f"{base}/filters.{fmt}"
-        if fmt == "gif":
-            frames = []
-            for k, (epoch, weight) in enumerate(zip(epochs, evolution.weights, strict=True)):
-                change = summary[k]["mean_l2_change"]
-                subtitle = f"run {run_id} · " + (
-                    f"mean change from epoch {epochs[k - 1]}: {change:.3f}" if change is not None
-                    else ("before training" if epoch == 0 else "first epoch")
+        extensions = ("gif", "png") if fmt == "both" else (fmt,)
+        for ext in extensions:
+            key = "" if ext == extensions[0] else f"_{ext}"
+            rel = f"{base}/filters.{ext}"
+            if ext == "gif":
+                frames = []
+                for k, (epoch, weight) in enumerate(zip(epochs, evolution.weights, strict=True)):
+                    change = summary[k]["mean_l2_change"]
+                    subtitle = f"run {run_id} · " + (
+                        f"mean change from epoch {epochs[k - 1]}: {change:.3f}" if change is not None
+                        else ("before training" if epoch == 0 else "first epoch")
+                    )
+                    figure = weights_frame(
+                        weight, vmax=evolution.vmax, title=f"{layer} · {epoch_label(epoch, last)}",
+                        subtitle=subtitle, progress=(k + 1) / len(epochs),
+                    )
+                    frames.append(figure_image(figure))
+                atomic_write_bytes(staging.path(rel, kind="animation"), gif_bytes(frames))
+            else:
+                figure = strip_figure(
+                    [filter_tiles(w).array for w in evolution.weights],
+                    [epoch_label(e) for e in epochs],
+                    vmin=-evolution.vmax, vmax=evolution.vmax, cmap=WEIGHT_CMAP,
+                    title=f"{layer} filters of run {run_id} at every epoch (one colour scale)",
+                    colour_label="weight",
                 )
-                figure = weights_frame(
-                    weight, vmax=evolution.vmax, title=f"{layer} · {epoch_label(epoch, last)}",
-                    subtitle=subtitle, progress=(k + 1) / len(epochs),
-                )
-                frames.append(figure_image(figure))
-            atomic_write_bytes(staging.path(rel, kind="animation"), gif_bytes(frames))
-        else:
-            figure = strip_figure(
-                [filter_tiles(w).array for w in evolution.weights],
-                [epoch_label(e) for e in epochs],
-                vmin=-evolution.vmax, vmax=evolution.vmax, cmap=WEIGHT_CMAP,
-                title=f"{layer} filters of run {run_id} at every epoch (one colour scale)",
-                colour_label="weight",
-            )
-            save_figure(figure, staging.path(rel, kind="figure"))
-        written["filters"] = staging.final_path(rel)
+                save_figure(figure, staging.path(rel, kind="figure"))
+            written["filters" + key] = staging.final_path(rel)
 
-        if picture is not None:
-            tag = image_tag(picture)
-            rel = f"{base}/featuremaps-{tag}.{fmt}"
-            what = f"{layer} feature maps (after ReLU) of {picture.description}"
-            if fmt == "gif":
+            if picture is None:
+                continue
+            rel = f"{base}/featuremaps-{image_tag(picture)}.{ext}"
+            if ext == "gif":
                 frames = []
                 for k, (epoch, fmap) in enumerate(zip(epochs, evolution.featuremaps, strict=True)):
                     figure = featuremaps_frame(
-                        fmap, vmax=evolution.featuremap_vmax, title=f"{layer} feature maps · {epoch_label(epoch, last)}",
+                        fmap, vmax=evolution.featuremap_vmax,
+                        title=f"{layer} feature maps · {epoch_label(epoch, last)}",
                         subtitle=picture.description, progress=(k + 1) / len(epochs),
                     )
                     frames.append(figure_image(figure))
@@ -220,10 +223,11 @@ def _write(the_run, evolution, *, fmt: str, split: str, image_spec: str | None, 
                     [featuremap_tiles(f).array for f in evolution.featuremaps],
                     [epoch_label(e) for e in epochs],
                     vmin=0.0, vmax=evolution.featuremap_vmax, cmap=ACTIVATION_CMAP,
-                    title=f"{what}, every epoch", colour_label="activation",
+                    title=f"{layer} feature maps (after ReLU) of {picture.description}, every epoch",
+                    colour_label="activation",
                 )
                 save_figure(figure, staging.path(rel, kind="figure"))
-            written["featuremaps"] = staging.final_path(rel)
+            written["featuremaps" + key] = staging.final_path(rel)
 
         rel = f"{base}/changes.png"
         figure = change_figure(
