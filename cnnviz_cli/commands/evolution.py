@@ -224,7 +224,7 @@ def _write(the_run, evolution, *, fmt: str, split: str, image_spec: str | None, 
                     [epoch_label(e) for e in epochs],
                     vmin=0.0, vmax=evolution.featuremap_vmax, cmap=ACTIVATION_CMAP,
                     title=f"{layer} feature maps (after ReLU) of {picture.description}, every epoch",
-                    colour_label="activation",
+                    colour_label="activation", panel=2.6,
                 )
                 save_figure(figure, staging.path(rel, kind="figure"))
             written["featuremaps" + key] = staging.final_path(rel)

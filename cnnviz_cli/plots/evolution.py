@@ -158,22 +158,29 @@ def strip_figure(
     cmap: str,
     title: str,
     colour_label: str,
+    panel: float | None = None,
 ) -> Figure:
-    """Tiled arrays (one per epoch, same shape) side by side on one colour scale, each labelled."""
+    """Tiled arrays (one per epoch, same shape) side by side on one colour scale, each labelled and framed.
+
+    ``panel``: inches of a panel's longer side (default: 2.2 for small layers, 4.2 for big kernel matrices).
+    """
     n = len(arrays)
     h, w = arrays[0].shape[:2]
     rows, cols = _strip_grid(n, h, w)
-    panel = 2.2 if max(h, w) < 60 else 4.2  # big layers (conv2: 32×16 kernels) need room to show their kernels
+    if panel is None:
+        panel = 2.2 if max(h, w) < 60 else 4.2  # big layers (conv2: 32×16 kernels) need room for their kernels
     scale = panel / max(h, w)
-    figure = new_figure(cols * w * scale + 1.4, rows * (h * scale + 0.35) + 0.8)
+    figure = new_figure(cols * (w * scale + 0.12) + 1.4, rows * (h * scale + 0.4) + 0.8)
+    figure.get_layout_engine().set(wspace=0.03, hspace=0.04)
     axes = figure.subplots(rows, cols, squeeze=False)
     colour_map = _cmap(cmap)
     image = None
     for slot, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
+        for spine in ax.spines.values():  # a frame per epoch keeps neighbouring epochs apart
+            spine.set_color("#555555")
+            spine.set_linewidth(1.0)
         if slot >= n:
             ax.set_visible(False)
             continue
