@@ -184,7 +184,9 @@ def main(
                 "target": target_doc,
                 "methods": methods_doc,
                 "figure": png,
+                "images": [png],
                 "attributions": tensors,
+                "tensors": [tensors],
                 "notes": picture.notes,
                 "warnings": result.warnings,
             }

@@ -124,6 +124,7 @@ def _summary(result, elapsed: float):
     ]
     summary = table("Training summary", ["", ""], rows)
     summary.show_header = False
+    summary.columns[1].overflow = "fold"
     return summary
 
 
