@@ -215,7 +215,7 @@ def fmt_stat(values: Sequence[float], unit: str) -> str:
     s = Stat.of(values)
     if s is None:
         return "-"
-    text = f"{fmt_value(s.median, unit)} {unit}".rstrip()
+    text = fmt_value(s.median, unit) + ("" if unit == "%" else f" {unit}")
     if len(s.runs) > 1:
         text += f" ({fmt_value(s.min, unit)}–{fmt_value(s.max, unit)})"
     return text
@@ -351,7 +351,8 @@ def work_loop(spec: dict) -> dict:
 
     ``variant``: 'tutorial' (DataLoader over the per-sample ToTensor dataset, torch's default threads),
     'tutorial-threads' (the same with cnnviz's thread count), 'cnnviz' / 'cnnviz-bf16' (``train_epoch``
-    on the preloaded tensor, as ``cnnviz train`` does).
+    on the preloaded tensor, as ``cnnviz train`` does), 'cnnviz-torch-threads' (cnnviz at torch's default
+    thread count, the tutorial's).
     """
     import torch
     import torch.nn.functional as F
@@ -394,9 +395,12 @@ def work_loop(spec: dict) -> dict:
                 correct += (model(data).argmax(1) == target).sum().item()
                 total += target.shape[0]
         train_size, accuracy = len(train_set), correct / total
-    elif variant in ("cnnviz", "cnnviz-bf16"):
+    elif variant in ("cnnviz", "cnnviz-bf16", "cnnviz-torch-threads"):
         from cnnviz_cli.data import load_split, to_float
-        from cnnviz_cli.training import epoch_generator, evaluate, pick_device, train_epoch
+        from cnnviz_cli.training import THREADS_ENV, epoch_generator, evaluate, pick_device, train_epoch
+
+        if variant == "cnnviz-torch-threads":
+            os.environ[THREADS_ENV] = str(torch.get_num_threads())
 
         device = pick_device("cpu")
         data_dir = Path(spec["data_dir"]) if spec.get("data_dir") else None
@@ -720,7 +724,9 @@ class Bench:
     def section_loop(self) -> None:
         opts = self.options
         self.log(f"loop: training-loop throughput, {opts.epochs} epoch(s) on {opts.limit} images, {opts.repeats} pairs")
-        results: dict[str, list[dict]] = {"tutorial": [], "cnnviz": [], "tutorial-threads": [], "cnnviz-bf16": []}
+        results: dict[str, list[dict]] = {
+            "tutorial": [], "cnnviz": [], "tutorial-threads": [], "cnnviz-torch-threads": [], "cnnviz-bf16": []
+        }
 
         def run(variant: str, i: int) -> dict:
             result, _ = self.worker("loop", variant=variant, seed=i)
@@ -732,6 +738,7 @@ class Bench:
         def cnnviz_side(i: int) -> None:
             run("cnnviz", i)
             run("tutorial-threads", i)
+            run("cnnviz-torch-threads", i)
             if opts.bf16:
                 run("cnnviz-bf16", i)
 
@@ -740,13 +747,17 @@ class Bench:
         def ips(variant):
             return [r["images_per_s"] for r in results[variant]]
 
-        threads = {v: sorted({r["threads"] for r in rs}) for v, rs in results.items() if rs}
+        threads = {v: "/".join(str(t) for t in sorted({r["threads"] for r in rs})) for v, rs in results.items()}
         self.add(Row("loop", "train", "training loop (fp32)", "img/s", "higher", baseline=ips("tutorial"),
                      cnnviz=ips("cnnviz"),
                      note=f"threads: tutorial {threads['tutorial']}, cnnviz {threads['cnnviz']}"))
-        self.add(Row("loop_same_threads", "train", "training loop, tutorial at cnnviz's thread count", "img/s",
-                     "higher", baseline_label="tutorial (cnnviz threads)", baseline=ips("tutorial-threads"),
-                     cnnviz=ips("cnnviz"), note="isolates the data path + memory layout from the thread count"))
+        self.add(Row("loop_same_threads", "train", "training loop, both at cnnviz's thread count", "img/s",
+                     "higher", baseline_label=f"tutorial at {threads['tutorial-threads']} thread(s)",
+                     baseline=ips("tutorial-threads"), cnnviz=ips("cnnviz"),
+                     note="same threads: what the data path and memory layout alone are worth"))
+        self.add(Row("loop_torch_threads", "train", "training loop, both at torch's default thread count",
+                     "img/s", "higher", baseline=ips("tutorial"), cnnviz=ips("cnnviz-torch-threads"),
+                     note=f"cnnviz with CNNVIZ_THREADS={threads['cnnviz-torch-threads']}"))
         if opts.bf16:
             self.add(Row("loop_bf16", "train", "training loop (cnnviz --precision bf16)", "img/s", "higher",
                          baseline=ips("tutorial"), cnnviz=ips("cnnviz-bf16")))
@@ -754,7 +765,8 @@ class Bench:
                      baseline=[r["val_accuracy"] for r in results["tutorial"]],
                      cnnviz=[r["val_accuracy"] for r in results["cnnviz"]], ratio_means="",
                      extra={"bf16": [r["val_accuracy"] for r in results["cnnviz-bf16"]],
-                            "tutorial_threads": [r["val_accuracy"] for r in results["tutorial-threads"]]}))
+                            "tutorial_threads": [r["val_accuracy"] for r in results["tutorial-threads"]],
+                            "cnnviz_torch_threads": [r["val_accuracy"] for r in results["cnnviz-torch-threads"]]}))
         self.add(Row("loop_rss", "memory", "training peak RSS (loop process)", "MB", "lower",
                      baseline=[r["process_rss_mb"] for r in results["tutorial"]],
                      cnnviz=[r["process_rss_mb"] for r in results["cnnviz"]], ratio_means="× less"))
@@ -846,7 +858,8 @@ class Bench:
             extrapolated = any(r["extrapolated"] for r in base)
             drawn = sorted({r["drawn"] for r in base})
             total = base[0]["total"] if base else 0
-            note = (f"baseline extrapolated from {drawn} of {total} kernels drawn within the budget"
+            shown = "/".join(map(str, drawn))
+            note = (f"baseline extrapolated linearly from the {shown} of {total} kernels it drew within the budget"
                     if extrapolated else f"all {total} kernels drawn by both")
             key = "render_model" if layers == "model" else "render_512"
             self.add(Row(key, "render", label, "s", "lower", baseline_label="one subplot per kernel",
@@ -857,7 +870,7 @@ class Bench:
                          baseline_label="one subplot per kernel",
                          baseline=[r["process_rss_mb"] for r in base],
                          cnnviz=[r["process_rss_mb"] for r in results["cnnviz"]], ratio_means="× less",
-                         note=f"baseline at {drawn} kernels" if extrapolated else ""))
+                         note=f"baseline measured at {shown} of {total} kernels" if extrapolated else ""))
 
     # ---- the whole run
 
@@ -927,7 +940,7 @@ def machine_info() -> dict:
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "torch_threads_default": torch.get_num_threads(),
-        "cnnviz_threads_at_start": cpu_threads(),
+        "cnnviz_threads": cpu_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "loadavg_start": _loadavg(),
@@ -941,7 +954,7 @@ def machine_info() -> dict:
 
 def machine_line(m: dict) -> str:
     return (f"{m['cpu']}, {m['usable_cores']} of {m['cores']} cores, torch threads {m['torch_threads_default']} "
-            f"(cnnviz picks {m['cnnviz_threads_at_start']}), CPU capability {m['cpu_capability']}, "
+            f"(cnnviz uses {m['cnnviz_threads']}), CPU capability {m['cpu_capability']}, "
             f"load {m['loadavg_start']}, Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}")
 
 
@@ -1019,7 +1032,7 @@ def _cells(row_dict: dict) -> tuple[str, str, str]:
     def stat(s):
         if not s:
             return "-"
-        text = f"{fmt_value(s['median'], unit)} {unit}".rstrip()
+        text = fmt_value(s["median"], unit) + ("" if unit == "%" else f" {unit}")
         if len(s["runs"]) > 1:
             text += f" ({fmt_value(s['min'], unit)}–{fmt_value(s['max'], unit)})"
         return text
@@ -1040,24 +1053,31 @@ def _verdict(passed) -> str:
 
 
 def rich_report(doc: dict):
-    """Renderables for the console: the header, the table of rows, the targets."""
+    """Renderables for the console: the header, the table of rows (notes below it), the targets."""
     from rich.console import Group
     from rich.text import Text
 
     from cnnviz_cli.console import table
 
-    m = doc["machine"]
-    header = Text(f"cnnviz benchmark {doc['date']}  ({doc['options']['dataset']}, {doc['options']['limit']} "
-                  f"training images, {doc['options']['epochs']} epoch(s), {doc['options']['repeats']} pairs; "
-                  f"median (min–max), ratios pair by pair)\n{machine_line(m)}; load at end {m.get('loadavg_end')}")
-    rows = []
+    m, o = doc["machine"], doc["options"]
+    header = Text(f"cnnviz benchmark {doc['date']}: {o['dataset']}, {o['limit']} training images, "
+                  f"{o['epochs']} epoch(s), {o['repeats']} interleaved pairs; median (min–max), ratios pair by "
+                  f"pair\n{machine_line(m)}; load at end {m.get('loadavg_end')}")
+    rows, notes = [], []
     for r in doc["rows"]:
         base, cnn, ratio = _cells(r)
-        rows.append((r["label"], f"{r['baseline_label']}: {base}" if base != "-" else "-", cnn, ratio, r["note"]))
-    results = table("Results", ["measurement", "baseline", ("cnnviz", "right"), ("ratio", "right"), "note"], rows)
-    targets = table("Targets", ["target", "wanted", ("value", "right"), "result", "detail"],
-                    [(t["target"], t["wanted"], t["value"], _verdict(t["pass"]), t["detail"]) for t in doc["targets"]])
-    parts = [header, results, targets]
+        label = r["label"]
+        if r["note"]:
+            notes.append(r["note"])
+            label += f" [{len(notes)}]"
+        rows.append((label, f"{r['baseline_label']}: {base}" if base != "-" else "-", cnn, ratio))
+    results = table("Results", ["measurement", "baseline", ("cnnviz", "right"), ("ratio", "right")], rows)
+    parts = [header, results]
+    parts += [Text(f"[{i}] {n}") for i, n in enumerate(notes, start=1)]
+    targets = table("Targets", ["target", "wanted", ("value", "right"), "result"],
+                    [(t["target"], t["wanted"], t["value"], _verdict(t["pass"])) for t in doc["targets"]])
+    parts.append(targets)
+    parts += [Text(f"{t['target']}: {t['detail']}") for t in doc["targets"] if t["detail"]]
     parts += [Text(f"note: {n}") for n in doc["notes"]]
     return Group(*parts)
 
@@ -1074,7 +1094,7 @@ def markdown_report(doc: dict, json_name: str) -> str:
         "cnnviz is better, except 'of floor'.",
         "",
         f"Machine: {m['cpu']}, {m['usable_cores']} of {m['cores']} cores, CPU capability {m['cpu_capability']}, "
-        f"torch default threads {m['torch_threads_default']} (cnnviz picked {m['cnnviz_threads_at_start']}), "
+        f"torch default threads {m['torch_threads_default']} (cnnviz uses {m['cnnviz_threads']}), "
         f"load average {m['loadavg_start']} at start and {m.get('loadavg_end')} at end (shared machine); "
         f"Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, matplotlib {m['matplotlib']}.",
         "",
@@ -1189,7 +1209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = bench.run()
     finally:
         bench.close()
-    console.console().print(rich_report(doc))
+    out = console.console()
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out.width = max(out.width, 132)  # a log file need not wrap at 80 columns
+    out.print(rich_report(doc))
     if not args.no_save:
         json_path, md_path = save_results(doc, args.out)
         doc["written"] = [str(json_path), str(md_path)]

@@ -20,12 +20,14 @@ THREADS_ENV = "CNNVIZ_THREADS"
 
 
 def cpu_threads() -> int:
-    """How many threads CPU math should use: ``$CNNVIZ_THREADS`` if set, else the cores this process
-    may run on minus the ones other processes keep busy (1-minute load average), at least one.
+    """How many threads CPU math should use: ``$CNNVIZ_THREADS`` if set, else half the cores this
+    process may run on (at least one).
 
-    Why: this CNN's kernels are small, and an OpenMP thread that has to share its core with another
-    busy process makes every parallel region wait for it; on a loaded 2-core machine one thread trains
-    several times faster than two (see benchmarks/).
+    Why half: this CNN's kernels are small, and an OpenMP thread that must share its core with another
+    busy process stalls every parallel region; on a loaded 2-core machine one thread trains several
+    times faster than two, on an idle one about 25% slower (see benchmarks/). The count depends only on
+    the machine, never on its current load, because it changes the low-order bits of the results and
+    "same seed, same run" must hold.
     """
     value = os.environ.get(THREADS_ENV, "").strip()
     if value:
@@ -40,11 +42,7 @@ def cpu_threads() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        busy = 0.0
-    return max(1, min(cores, int(cores - busy + 0.5)))
+    return max(1, cores // 2)
 
 
 def set_cpu_threads() -> int:

@@ -73,7 +73,7 @@ def test_report_files(tmp_path):
     doc = {
         "schema": bench.SCHEMA, "date": "2026-11-25T18:00:00+00:00", "seconds": 1.0,
         "machine": {"cpu": "test cpu", "cores": 2, "usable_cores": 2, "torch_threads_default": 2,
-                    "cnnviz_threads_at_start": 1, "cpu_capability": "AVX512", "loadavg_start": [1.0, 1.0, 1.0],
+                    "cnnviz_threads": 1, "cpu_capability": "AVX512", "loadavg_start": [1.0, 1.0, 1.0],
                     "loadavg_end": [1.0, 1.0, 1.0], "python": "3", "torch": "2", "torchvision": "0",
                     "matplotlib": "3"},
         "options": {"dataset": "mnist", "limit": 600, "epochs": 1, "repeats": 1, "batch_size": 256},
