@@ -148,3 +148,12 @@ def test_runs_on_an_empty_store(tmp_path):
     result = cli("runs", "--artifacts", tmp_path / "none")
     assert result.exit_code == 0 and "No runs" in result.stderr
     assert not (tmp_path / "none").exists()
+
+
+def test_manifest_records_the_command_the_user_typed(tiny_data, tmp_path):
+    doc = _train(tmp_path / "a", tiny_data, "--epochs", "1", "--seed", "2")
+    manifest = json.loads((Path(doc["run_dir"]) / "manifest.json").read_text())
+    command = manifest["command"]
+    assert command[:2] == ["cnnviz", "train"]
+    assert command[command.index("--seed") + 1] == "2" and "--json" in command
+    assert "--lr" not in command  # defaults are in the options, not in the command

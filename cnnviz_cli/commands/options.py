@@ -66,3 +66,22 @@ ImageOpt = Annotated[
 InvertOpt = Annotated[
     bool, typer.Option("--invert", help="Invert your picture (for dark strokes on a light background).")
 ]
+
+
+def command_line(ctx: typer.Context) -> list[str]:
+    """The options the user actually gave (not defaults), as a command line to record in a manifest."""
+    words = ["cnnviz", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name not in ("COMMANDLINE", "ENVIRONMENT"):
+            continue
+        value = ctx.params.get(param.name)
+        flag = param.opts[0]
+        if isinstance(value, bool):
+            words += [flag] if value else []
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                words += [flag, str(item)]
+        elif value is not None:
+            words += [flag, str(value)]
+    return words

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Annotated
 
 import typer
 
-from cnnviz_cli.commands.options import ArtifactsOpt, DataDirOpt, DeviceOpt, JsonOpt, OfflineOpt, QuietOpt
+from cnnviz_cli.commands.options import (
+    ArtifactsOpt,
+    DataDirOpt,
+    DeviceOpt,
+    JsonOpt,
+    OfflineOpt,
+    QuietOpt,
+    command_line,
+)
 
 COMMAND = "train"
 
@@ -16,6 +23,7 @@ ROW_FORMAT = "{:>9}  {:>10}  {:>9}  {:>9}  {:>8}  {:>7}"
 
 
 def main(
+    ctx: typer.Context,
     dataset: Annotated[str, typer.Option("--dataset", help="mnist or fashion-mnist.")] = "mnist",
     data_dir: DataDirOpt = None,
     offline: OfflineOpt = False,
@@ -80,7 +88,7 @@ def main(
             offline=offline,
             progress=progress,
             resume=resume,
-            command=["cnnviz", *sys.argv[1:]],
+            command=command_line(ctx),
         )
     finally:
         progress.close()
