@@ -986,8 +986,8 @@ def evaluate_targets(rows: Sequence[Row], checks: dict) -> list[dict]:
         acc_ok = bool(acc_b and acc_c and acc_c.median >= acc_b.median - tol)
         add("command", "cnnviz train whole command vs tutorial script", f">= {TARGETS['command']}× faster, "
             "val accuracy equal or better", round(ratio, 3), ratio >= TARGETS["command"] and acc_ok,
-            f"median val accuracy cnnviz {acc_c.median:.4f} vs tutorial {acc_b.median:.4f} "
-            f"(equal within one standard error, {tol:.4f})" if acc_b and acc_c else "")
+            f"median val accuracy cnnviz {acc_c.median:.4f} vs tutorial {acc_b.median:.4f} (counts as equal "
+            f"down to one standard error below, {tol:.4f})" if acc_b and acc_c else "")
     loop = _row(rows, "loop")
     if loop and loop.ratios():
         ratio = Stat.of(loop.ratios()).median
@@ -1114,11 +1114,11 @@ def markdown_report(doc: dict, json_name: str) -> str:
 
 
 def save_results(doc: dict, out_dir: Path) -> tuple[Path, Path]:
-    """``<out>/<date>.json`` and ``<out>/latest.md``, written atomically."""
+    """``<out>/<date>-<HHMM>.json`` (UTC) and ``<out>/latest.md``, written atomically."""
     from cnnviz_cli.store import atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{doc['date'][:10]}.json"
+    name = f"{doc['date'][:10]}-{doc['date'][11:13]}{doc['date'][14:16]}.json"
     json_path = atomic_write_bytes(out_dir / name, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode())
     md_path = atomic_write_bytes(out_dir / "latest.md", markdown_report(doc, name).encode())
     return Path(json_path), Path(md_path)
@@ -1145,7 +1145,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-bf16", action="store_true", help="Skip the bf16 training measurement.")
     parser.add_argument("--quick", action="store_true", help="Fewer images, pairs and budget: a fast sanity run.")
     parser.add_argument("--json", dest="json_out", action="store_true", help="Print the result document as JSON on stdout.")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks"), help="Folder for <date>.json and latest.md (default: benchmarks).")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks"),
+                        help="Folder for <date>-<HHMM>.json and latest.md (default: benchmarks).")
     parser.add_argument("--no-save", action="store_true", help="Do not write the results into --out.")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)

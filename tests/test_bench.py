@@ -82,7 +82,7 @@ def test_report_files(tmp_path):
         "notes": ["featuremaps: skipped"],
     }
     json_path, md_path = bench.save_results(doc, tmp_path / "benchmarks")
-    assert json_path.name == "2026-11-25.json" and md_path.name == "latest.md"
+    assert json_path.name == "2026-11-25-1800.json" and md_path.name == "latest.md"
     assert json.loads(json_path.read_text())["rows"][0]["ratio"]["median"] == 2.0
     md = md_path.read_text()
     assert "| cmd | tutorial: 20.00 s | 10.00 s | 2.00× faster |" in md
