@@ -566,7 +566,17 @@ def work_render(spec: dict) -> dict:
     return result
 
 
-WORKERS: dict[str, Callable[[dict], dict]] = {"loop": work_loop, "eval": work_eval, "render": work_render}
+def work_warm(spec: dict) -> dict:
+    """Decode the test split into the cache (the setup run decoded the training split)."""
+    from cnnviz_cli.data import load_raw_split
+
+    data_dir = Path(spec["data_dir"]) if spec.get("data_dir") else None
+    return {"test_size": len(load_raw_split(spec["dataset"], "test", data_dir, offline=True))}
+
+
+WORKERS: dict[str, Callable[[dict], dict]] = {
+    "loop": work_loop, "eval": work_eval, "render": work_render, "warm": work_warm,
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -603,8 +613,7 @@ class Bench:
             "CNNVIZ_CACHE_DIR": str(self.workspace / "cache"),
             "NO_COLOR": "1",
             "COLUMNS": "120",
-            "MPLCONFIGDIR": str(self.workspace / "mpl"),
-            "PYTHONDONTWRITEBYTECODE": "1",
+            "MPLCONFIGDIR": str(self.workspace / "mpl"),  # its font cache is built once, during setup
         })
         if options.data_dir is not None:
             self.env["CNNVIZ_DATA_DIR"] = str(options.data_dir)
@@ -660,10 +669,7 @@ class Bench:
         child = run_child(cnnviz_cmd(*args), self.env)
         doc = child.json()
         self.run_id, self.checkpoint = doc["run_id"], Path(doc["checkpoint"])
-        # the test split too (featuremaps and evaluation read it)
-        run_child([sys.executable, "-c", "import sys; from cnnviz_cli.data import load_raw_split; "
-                   "load_raw_split(sys.argv[1], 'test', None if sys.argv[2] == '-' else __import__('pathlib').Path(sys.argv[2]))",
-                   self.options.dataset, str(self.options.data_dir or "-")], self.env)
+        self.worker("warm")  # the test split's cache entry too (featuremaps and evaluation read it)
 
     def tutorial_data_root(self) -> Path:
         """The IDX files uncompressed where torchvision's dataset class expects them, as its download would leave them."""
