@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SCHEMA = "cnnviz-bench/1"
+THREADS_ENV = "CNNVIZ_THREADS"  # = cnnviz_cli.training.THREADS_ENV (not imported here: that module imports torch)
 SECTIONS = ("startup", "loop", "command", "eval", "render")
 BATCH_SIZE = 256  # the tutorial's
 LR = 1e-3
@@ -53,6 +54,7 @@ TUTORIAL_SCRIPT = '''\
 """The tutorial's pipeline: torchvision dataset + ToTensor, random_split 80/20, DataLoader 256, Adam."""
 import json
 import sys
+import time
 
 import numpy as np
 import torch
@@ -61,6 +63,7 @@ from torch.utils.data import DataLoader, Subset, random_split
 from torchvision import datasets, transforms
 
 data_dir, dataset, epochs, limit, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+imported = time.perf_counter()  # (timing for the benchmark's breakdown only)
 torch.manual_seed(seed)
 
 Dataset = datasets.FashionMNIST if dataset == "fashion-mnist" else datasets.MNIST
@@ -91,6 +94,7 @@ model = CNN()
 loss_fn = nn.CrossEntropyLoss()
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
+epochs_started = time.perf_counter()
 for epoch in range(epochs):
     model.train()
     train_loss = []
@@ -112,7 +116,9 @@ for epoch in range(epochs):
     print(f"EPOCH {epoch + 1}/{epochs} train loss {np.mean(train_loss):.4f} "
           f"val loss {np.mean(val_loss):.4f} val accuracy {correct / total:.4f}", file=sys.stderr)
 
-print(json.dumps({"val_accuracy": correct / total, "train_size": len(train_data), "val_size": len(val_data)}))
+done = time.perf_counter()
+print(json.dumps({"val_accuracy": correct / total, "train_size": len(train_data), "val_size": len(val_data),
+                  "seconds_after_imports": done - imported, "epochs_seconds": done - epochs_started}))
 '''
 
 
@@ -397,7 +403,7 @@ def work_loop(spec: dict) -> dict:
         train_size, accuracy = len(train_set), correct / total
     elif variant in ("cnnviz", "cnnviz-bf16", "cnnviz-torch-threads"):
         from cnnviz_cli.data import load_split, to_float
-        from cnnviz_cli.training import THREADS_ENV, epoch_generator, evaluate, pick_device, train_epoch
+        from cnnviz_cli.training import epoch_generator, evaluate, pick_device, train_epoch
 
         if variant == "cnnviz-torch-threads":
             os.environ[THREADS_ENV] = str(torch.get_num_threads())
@@ -619,6 +625,7 @@ class Bench:
             self.env["CNNVIZ_DATA_DIR"] = str(options.data_dir)
         self.checkpoint: Path | None = None
         self.run_id: str | None = None
+        self.machine: dict = {}
 
     def close(self) -> None:
         shutil.rmtree(self.workspace, ignore_errors=True)
@@ -784,34 +791,70 @@ class Bench:
         root = self.tutorial_data_root()
         script = self.workspace / "tutorial_pipeline.py"
         script.write_text(TUTORIAL_SCRIPT)
-        results: dict[str, list[dict]] = {"tutorial": [], "cnnviz": []}
+        results: dict[str, list[dict]] = {"tutorial": [], "cnnviz": [], "cnnviz-torch-threads": []}
+        torch_threads = self.machine["torch_threads_default"]
 
         def tutorial(i: int) -> None:
             child = run_child([sys.executable, str(script), str(root), opts.dataset, str(opts.epochs),
                                str(opts.limit), str(i)], self.env)
             doc = child.json()
-            results["tutorial"].append({"seconds": child.seconds, "rss": child.max_rss_mb, "acc": doc["val_accuracy"],
-                                        "val_size": doc["val_size"]})
+            results["tutorial"].append({
+                "seconds": child.seconds, "rss": child.max_rss_mb, "acc": doc["val_accuracy"],
+                "val_size": doc["val_size"], "start_s": child.seconds - doc["seconds_after_imports"],
+                "epochs_s": doc["epochs_seconds"],
+            })
             self.log(f"  pair {i + 1}: tutorial script {child.seconds:6.1f} s  val acc {doc['val_accuracy']:.4f}")
 
-        def cnnviz(i: int) -> None:
+        def cnnviz_train(i: int, variant: str) -> None:
             store = self.workspace / f"train-store-{i}"
             args = ["train", "--dataset", opts.dataset, "--epochs", str(opts.epochs), "--limit", str(opts.limit),
                     "--seed", str(i), "--artifacts", str(store), "--json", "--quiet"]
-            child = run_child(cnnviz_cmd(*args), self.env)
+            env = dict(self.env)
+            if variant == "cnnviz-torch-threads":
+                env[THREADS_ENV] = str(torch_threads)
+            child = run_child(cnnviz_cmd(*args), env)
             doc = child.json()
             acc = doc["final"]["val_accuracy"]
-            results["cnnviz"].append({"seconds": child.seconds, "rss": child.max_rss_mb, "acc": acc,
-                                      "val_size": doc["val_size"]})
+            epochs_s = sum(row["seconds"] for row in doc["history"])
+            results[variant].append({
+                "seconds": child.seconds, "rss": child.max_rss_mb, "acc": acc, "val_size": doc["val_size"],
+                "start_s": child.seconds - doc["seconds"], "epochs_s": epochs_s,
+            })
             shutil.rmtree(store, ignore_errors=True)
-            self.log(f"  pair {i + 1}: cnnviz train    {child.seconds:6.1f} s  val acc {acc:.4f}")
+            label = "cnnviz train" if variant == "cnnviz" else f"cnnviz train, {THREADS_ENV}={torch_threads}"
+            self.log(f"  pair {i + 1}: {label:<15} {child.seconds:6.1f} s  val acc {acc:.4f}")
 
-        self.pairs(tutorial, cnnviz, opts.repeats)
+        def cnnviz_side(i: int) -> None:
+            cnnviz_train(i, "cnnviz")
+            cnnviz_train(i, "cnnviz-torch-threads")
+
+        self.pairs(tutorial, cnnviz_side, opts.repeats)
+
+        def median(variant: str, key: str) -> float:
+            return statistics.median(r[key] for r in results[variant])
+
+        breakdown = {
+            v: {"start_and_imports_s": round(median(v, "start_s"), 3), "epochs_s": round(median(v, "epochs_s"), 3),
+                "rest_s": round(median(v, "seconds") - median(v, "start_s") - median(v, "epochs_s"), 3)}
+            for v in results
+        }
+        b, c = breakdown["tutorial"], breakdown["cnnviz"]
         self.add(Row("command", "train", f"whole command, {opts.epochs} epoch(s)", "s", "lower",
                      baseline_label="tutorial script",
                      baseline=[r["seconds"] for r in results["tutorial"]],
                      cnnviz=[r["seconds"] for r in results["cnnviz"]],
-                     note="cnnviz also writes checkpoints, manifest and curves.png; the script writes nothing"))
+                     note=f"medians: start-up and imports {b['start_and_imports_s']:.1f} s (tutorial) / "
+                          f"{c['start_and_imports_s']:.1f} s (cnnviz), training + validation "
+                          f"{b['epochs_s']:.1f} / {c['epochs_s']:.1f} s, the rest {b['rest_s']:.1f} / "
+                          f"{c['rest_s']:.1f} s (cnnviz also writes checkpoints, manifest and curves.png; the "
+                          "script writes nothing)",
+                     extra={"breakdown": breakdown}))
+        self.add(Row("command_torch_threads", "train",
+                     f"whole command, cnnviz with {THREADS_ENV}={torch_threads} (torch's default)", "s", "lower",
+                     baseline_label="tutorial script",
+                     baseline=[r["seconds"] for r in results["tutorial"]],
+                     cnnviz=[r["seconds"] for r in results["cnnviz-torch-threads"]],
+                     extra={"breakdown": breakdown["cnnviz-torch-threads"]}))
         self.add(Row("command_acc", "train", "validation accuracy (whole command)", "%", "higher",
                      baseline_label="tutorial script", baseline=[r["acc"] for r in results["tutorial"]],
                      cnnviz=[r["acc"] for r in results["cnnviz"]], ratio_means="",
@@ -882,7 +925,7 @@ class Bench:
 
     def run(self) -> dict:
         started = time.perf_counter()
-        machine = machine_info()
+        machine = self.machine = machine_info()
         self.log(machine_line(machine))
         self.setup()
         for section in self.options.sections:

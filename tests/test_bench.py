@@ -136,7 +136,14 @@ def test_tutorial_script_runs_on_the_same_images(tiny_data, tmp_path):
         runner.close()
     doc = child.json()
     assert (doc["train_size"], doc["val_size"]) == (160, 40)
+    assert 0 < doc["epochs_seconds"] <= doc["seconds_after_imports"] < child.seconds
     assert child.max_rss_mb > 0 and "EPOCH 1/1" in child.stderr
+
+
+def test_thread_variable_name_matches_training():
+    from cnnviz_cli.training import THREADS_ENV
+
+    assert bench.THREADS_ENV == THREADS_ENV
 
 
 def test_help_imports_no_heavy_modules():
