@@ -875,10 +875,12 @@ class Bench:
 
         self.pairs(lambda i: run("tutorial", i), lambda i: run("cnnviz", i), opts.repeats)
         accs = {v: sorted({round(r["accuracy"], 6) for r in rs}) for v, rs in results.items()}
+        threads = {v: "/".join(str(t) for t in sorted({r["threads"] for r in rs})) for v, rs in results.items()}
         self.add(Row("eval", "eval", "evaluation on the test set", "img/s", "higher",
                      baseline=[r["images_per_s"] for r in results["tutorial"]],
                      cnnviz=[r["images_per_s"] for r in results["cnnviz"]],
-                     note=f"accuracy: tutorial {accs['tutorial']}, cnnviz {accs['cnnviz']}"))
+                     note=f"accuracy: tutorial {accs['tutorial']}, cnnviz {accs['cnnviz']}; threads: tutorial "
+                          f"{threads['tutorial']}, cnnviz {threads['cnnviz']}"))
         self.checks["eval_accuracy_equal"] = accs["tutorial"] == accs["cnnviz"]
 
     def section_render(self) -> None:
