@@ -217,26 +217,6 @@ def fmt_value(value: float | None, unit: str) -> str:
     return f"{value:.3g}"
 
 
-def fmt_stat(values: Sequence[float], unit: str) -> str:
-    s = Stat.of(values)
-    if s is None:
-        return "-"
-    text = fmt_value(s.median, unit) + ("" if unit == "%" else f" {unit}")
-    if len(s.runs) > 1:
-        text += f" ({fmt_value(s.min, unit)}–{fmt_value(s.max, unit)})"
-    return text
-
-
-def fmt_ratio(values: Sequence[float]) -> str:
-    s = Stat.of(values)
-    if s is None:
-        return "-"
-    text = f"{s.median:.2f}×"
-    if len(s.runs) > 1:
-        text += f" ({s.min:.2f}–{s.max:.2f})"
-    return text
-
-
 # --------------------------------------------------------------------------------------------------
 # Child processes
 
