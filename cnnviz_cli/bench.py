@@ -381,6 +381,11 @@ def work_loop(spec: dict) -> dict:
                 correct += (model(data).argmax(1) == target).sum().item()
                 total += target.shape[0]
         train_size, accuracy = len(train_set), correct / total
+        # What the per-sample pipeline alone costs: one more pass over the loader, without the model.
+        data_started = time.perf_counter()
+        for _ in train_loader:
+            pass
+        extra = {"data_only_seconds": time.perf_counter() - data_started}
     elif variant in ("cnnviz", "cnnviz-bf16", "cnnviz-torch-threads"):
         from cnnviz_cli.data import load_split, to_float
         from cnnviz_cli.training import epoch_generator, evaluate, pick_device, train_epoch
@@ -407,6 +412,7 @@ def work_loop(spec: dict) -> dict:
         seconds = time.perf_counter() - started
         train_size = len(train)
         accuracy = evaluate(model, to_float(val.images), val.labels).accuracy
+        extra = {}
     else:
         raise ValueError(f"unknown loop variant {variant!r}")
     return {
@@ -418,6 +424,7 @@ def work_loop(spec: dict) -> dict:
         "threads": torch.get_num_threads(),
         "rss_before_mb": rss_before,
         "rss_peak_mb": _rss_mb(),
+        **extra,
     }
 
 
@@ -741,13 +748,21 @@ class Bench:
             return [r["images_per_s"] for r in results[variant]]
 
         threads = {v: "/".join(str(t) for t in sorted({r["threads"] for r in rs})) for v, rs in results.items()}
+        def data_share(variant: str) -> float:
+            """The share of the tutorial's loop time its per-sample data path alone takes."""
+            return statistics.median(r["data_only_seconds"] * opts.epochs / r["seconds"] for r in results[variant])
+
         self.add(Row("loop", "train", "training loop (fp32)", "img/s", "higher", baseline=ips("tutorial"),
                      cnnviz=ips("cnnviz"),
-                     note=f"threads: tutorial {threads['tutorial']}, cnnviz {threads['cnnviz']}"))
+                     note=f"threads: tutorial {threads['tutorial']}, cnnviz {threads['cnnviz']}; the tutorial's "
+                          f"per-sample ToTensor + DataLoader path alone takes {data_share('tutorial'):.0%} of its loop time",
+                     extra={"tutorial_data_share": data_share("tutorial")}))
         self.add(Row("loop_same_threads", "train", "training loop, both at cnnviz's thread count", "img/s",
                      "higher", baseline_label=f"tutorial at {threads['tutorial-threads']} thread(s)",
                      baseline=ips("tutorial-threads"), cnnviz=ips("cnnviz"),
-                     note="same threads: what the data path and memory layout alone are worth"))
+                     note="same threads: what the data path and memory layout alone are worth (the tutorial's "
+                          f"data path alone is {data_share('tutorial-threads'):.0%} of its loop time here)",
+                     extra={"tutorial_data_share": data_share("tutorial-threads")}))
         self.add(Row("loop_torch_threads", "train", "training loop, both at torch's default thread count",
                      "img/s", "higher", baseline=ips("tutorial"), cnnviz=ips("cnnviz-torch-threads"),
                      note=f"cnnviz with CNNVIZ_THREADS={threads['cnnviz-torch-threads']}"))

@@ -105,6 +105,7 @@ def test_loop_and_eval_workers(tiny_data, trained_store, keep_threads):
     tutorial = bench.work_loop({**spec, "variant": "tutorial"})
     cnnviz = bench.work_loop({**spec, "variant": "cnnviz"})
     assert tutorial["train_size"] == cnnviz["train_size"] == 160
+    assert tutorial["data_only_seconds"] > 0
     for result in (tutorial, cnnviz):
         assert result["images_per_s"] > 0 and 0 <= result["val_accuracy"] <= 1 and result["rss_peak_mb"] > 0
 
