@@ -1,0 +1,71 @@
+"""The CNN: architecture, names, initialisation, and the pool-before-ReLU fast path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnviz_cli.config import ModelConfig
+from cnnviz_cli.errors import UsageError
+from cnnviz_cli.model import Net
+from cnnviz_cli.probe import capture_activations
+
+
+def _literal_forward(model: Net, x: torch.Tensor) -> torch.Tensor:
+    """The tutorial's order, written out with functional ops: conv -> ReLU -> max-pool, then linear."""
+    for i in (1, 2):
+        conv = getattr(model, f"conv{i}")
+        x = F.max_pool2d(F.relu(F.conv2d(x, conv.weight, conv.bias, padding=2)), 2)
+    return F.linear(x.flatten(1), model.fc.weight, model.fc.bias)
+
+
+def test_default_architecture_is_the_tutorials():
+    model = Net()
+    assert model.conv_names == ("conv1", "conv2")
+    assert model.conv1.weight.shape == (16, 1, 5, 5) and model.conv1.padding == (2, 2)
+    assert model.conv2.weight.shape == (32, 16, 5, 5)
+    assert model.fc.weight.shape == (10, 32 * 7 * 7)
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert sorted(model.state_dict()) == sorted(
+        ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc.weight", "fc.bias"]
+    )
+
+
+def test_he_initialisation_with_zero_biases():
+    torch.manual_seed(0)
+    model = Net(ModelConfig(channels=(64, 64)))
+    assert torch.count_nonzero(model.conv1.bias) == 0
+    # He normal: std = sqrt(2 / fan_in); conv2 has fan_in 64*25 = 1600 and 102,400 weights.
+    assert model.conv2.weight.std().item() == pytest.approx((2 / 1600) ** 0.5, rel=0.02)
+
+
+def test_fast_path_gives_the_same_outputs_and_gradients_as_the_literal_order():
+    torch.manual_seed(1)
+    model = Net()
+    x = torch.randn(8, 1, 28, 28)
+    target = torch.randint(0, 10, (8,))
+    F.cross_entropy(model(x), target).backward()
+    fast = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    F.cross_entropy(_literal_forward(model, x), target).backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, fast[name], atol=1e-6), name
+    assert torch.allclose(model(x), _literal_forward(model, x), atol=1e-6)
+
+
+def test_hooks_see_the_relu_output_at_full_resolution():
+    torch.manual_seed(2)
+    model = Net()
+    x = torch.randn(2, 1, 28, 28)
+    with capture_activations(model, ["conv1"], ["relu", "pool"]) as captured:
+        model(x)
+    conv = F.conv2d(x, model.conv1.weight, model.conv1.bias, padding=2)
+    assert torch.equal(captured["conv1.relu"], F.relu(conv))
+    assert torch.equal(captured["conv1.pool"], F.max_pool2d(F.relu(conv), 2))
+
+
+@pytest.mark.parametrize("kwargs", [{"kernel_size": 4}, {"channels": ()}, {"image_size": 30}])
+def test_invalid_model_configs_are_refused(kwargs):
+    with pytest.raises(UsageError):
+        ModelConfig(**kwargs)
