@@ -48,7 +48,29 @@ TARGETS = {
 }
 
 # --------------------------------------------------------------------------------------------------
-# The tutorial's pipeline as a standalone script (written to a temporary file and run as a process).
+# The tutorial's model and pipeline. The model class is shared by the standalone script (written to a
+# temporary file and run as a process) and the in-process baselines, so both run exactly the tutorial's
+# network: conv -> ReLU -> max-pool in that literal order (cnnviz's Net may reorder ReLU and pooling).
+
+TUTORIAL_MODEL = """\
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(1, 16, kernel_size=5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(16, 32, kernel_size=5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(2))
+        self.out = nn.Linear(32 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = self.conv2(self.conv1(x))
+        x = x.view(x.size(0), -1)
+        return self.out(x)
+"""
+# cnnviz Net parameter name -> the tutorial CNN's (same shapes, created in the same order)
+TUTORIAL_PARAMETER_NAMES = {
+    "conv1.weight": "conv1.0.weight", "conv1.bias": "conv1.0.bias",
+    "conv2.weight": "conv2.0.weight", "conv2.bias": "conv2.0.bias",
+    "fc.weight": "out.weight", "fc.bias": "out.bias",
+}
 
 TUTORIAL_SCRIPT = '''\
 """The tutorial's pipeline: torchvision dataset + ToTensor, random_split 80/20, DataLoader 256, Adam."""
@@ -77,18 +99,7 @@ train_loader = DataLoader(train_data, batch_size=batch_size, shuffle=True)
 valid_loader = DataLoader(val_data, batch_size=batch_size)
 
 
-class CNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(1, 16, kernel_size=5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(2))
-        self.conv2 = nn.Sequential(nn.Conv2d(16, 32, kernel_size=5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(2))
-        self.out = nn.Linear(32 * 7 * 7, 10)
-
-    def forward(self, x):
-        x = self.conv2(self.conv1(x))
-        x = x.view(x.size(0), -1)
-        return self.out(x)
-
+@MODEL@
 
 model = CNN()
 loss_fn = nn.CrossEntropyLoss()
@@ -119,7 +130,7 @@ for epoch in range(epochs):
 done = time.perf_counter()
 print(json.dumps({"val_accuracy": correct / total, "train_size": len(train_data), "val_size": len(val_data),
                   "seconds_after_imports": done - imported, "epochs_seconds": done - epochs_started}))
-'''
+'''.replace("@MODEL@", TUTORIAL_MODEL)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,6 +334,19 @@ def tutorial_dataset(images, labels):
     return TutorialMNIST(images, labels)
 
 
+def tutorial_model(state_dict: dict | None = None):
+    """A new instance of the tutorial's CNN (``TUTORIAL_MODEL``, PyTorch's default initialisation);
+    ``state_dict`` may be a cnnviz Net's (then it computes exactly what that Net computes)."""
+    from torch import nn
+
+    namespace: dict = {"nn": nn}
+    exec(TUTORIAL_MODEL, namespace)  # noqa: S102 - our own constant, so the script and the workers share it
+    model = namespace["CNN"]()
+    if state_dict is not None:
+        model.load_state_dict({TUTORIAL_PARAMETER_NAMES[k]: v for k, v in state_dict.items()})
+    return model
+
+
 def _raw_train(spec: dict):
     from cnnviz_cli.data import load_raw_split
 
@@ -362,7 +386,7 @@ def work_loop(spec: dict) -> dict:
         train_loader = DataLoader(train_set, batch_size=BATCH_SIZE, shuffle=True)
         val_loader = DataLoader(val_set, batch_size=BATCH_SIZE)
         torch.manual_seed(seed)
-        model = Net()
+        model = tutorial_model()
         optimizer = torch.optim.Adam(model.parameters(), lr=LR)
         started = time.perf_counter()
         for _ in range(epochs):
@@ -442,6 +466,7 @@ def work_eval(spec: dict) -> dict:
     if variant == "tutorial":
         from torch.utils.data import DataLoader
 
+        model = tutorial_model(model.state_dict())
         loader = DataLoader(tutorial_dataset(test.images, test.labels), batch_size=BATCH_SIZE)
         started = time.perf_counter()
         model.eval()

@@ -100,6 +100,20 @@ def test_tutorial_dataset_is_torchvisions_to_tensor(tiny_data):
     assert image.equal(to_float(split.images[3:4])[0])
 
 
+def test_tutorial_model_is_the_same_network():
+    import torch
+
+    from cnnviz_cli.model import Net
+
+    net = Net()
+    shapes = {bench.TUTORIAL_PARAMETER_NAMES[k]: v.shape for k, v in net.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in bench.tutorial_model().state_dict().items()}
+    images = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert bench.tutorial_model(net.state_dict())(images).equal(net(images))
+    assert "class CNN(nn.Module)" in bench.TUTORIAL_SCRIPT and "@MODEL@" not in bench.TUTORIAL_SCRIPT
+
+
 def test_loop_and_eval_workers(tiny_data, trained_store, keep_threads):
     spec = {"dataset": "mnist", "data_dir": str(tiny_data), "limit": 200, "epochs": 1, "seed": 0}
     tutorial = bench.work_loop({**spec, "variant": "tutorial"})
