@@ -188,7 +188,8 @@ def _make_progress(quiet: bool):
             self.console.print(line)
             if self.bar is not None:
                 self.bar.update(self.epoch_task, advance=1)
-                self.bar.reset(self.batch_task, description=f"epoch {row['epoch'] + 1}")
+                if row["epoch"] < self.epochs:
+                    self.bar.reset(self.batch_task, description=f"epoch {row['epoch'] + 1}")
 
         def close(self) -> None:
             if self.bar is not None:
