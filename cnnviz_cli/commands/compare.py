@@ -62,6 +62,7 @@ def main(
                 **comparison.to_dict(),
                 "gate": gate,
                 "files": {name: str(path) for name, path in written.items()},
+                "images": [str(p) for p in written.values() if str(p).endswith(".png")],
             }
         )
     if gate is not None and not gate["passed"]:

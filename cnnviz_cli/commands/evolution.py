@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import typer
@@ -106,6 +105,7 @@ def main(
             "featuremap_stage": "relu" if picture is not None else None,
             "image": picture.provenance if picture is not None else None,
             "files": {name: str(path) for name, path in written.items()},
+            "images": [str(p) for p in written.values() if p.suffix in (".png", ".gif")],
         }
         console.emit_json(document)
 
@@ -126,16 +126,8 @@ def epoch_label(epoch: int, last: int | None = None) -> str:
     return f"epoch {epoch}" if last is None else f"epoch {epoch} of {last}"
 
 
-def image_tag(picture) -> str:
-    """A file-name-safe name for the image: 'test-7' for a dataset image, the file's stem otherwise."""
-    provenance = picture.provenance
-    if provenance.get("kind") == "index":
-        return f"{provenance['split']}-{provenance['index']}"
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(provenance.get("path", "image")).rsplit("/", 1)[-1])
-    return "file-" + stem.rsplit(".", 1)[0][:40]
-
-
 def _write(the_run, evolution, *, fmt: str, split: str, image_spec: str | None, quiet: bool) -> dict:
+    from cnnviz_cli.featuremaps import image_slug
     from cnnviz_cli.plots.common import save_figure
     from cnnviz_cli.plots.evolution import (
         ACTIVATION_CMAP,
@@ -207,7 +199,7 @@ def _write(the_run, evolution, *, fmt: str, split: str, image_spec: str | None, 
 
             if picture is None:
                 continue
-            rel = f"{base}/featuremaps-{image_tag(picture)}.{ext}"
+            rel = f"{base}/featuremaps-{image_slug(picture)}.{ext}"
             if ext == "gif":
                 frames = []
                 for k, (epoch, fmap) in enumerate(zip(epochs, evolution.featuremaps, strict=True)):
