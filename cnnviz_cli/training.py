@@ -25,7 +25,7 @@ def cpu_threads() -> int:
 
     Why half: this CNN's kernels are small, and an OpenMP thread that must share its core with another
     busy process stalls every parallel region; on a loaded 2-core machine one thread trains several
-    times faster than two, on an idle one about 25% slower (see benchmarks/). The count depends only on
+    times faster than two, on an idle one about a third slower (see benchmarks/). The count depends only on
     the machine, never on its current load, because it changes the low-order bits of the results and
     "same seed, same run" must hold.
     """
