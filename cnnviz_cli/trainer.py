@@ -101,13 +101,20 @@ def _stop_on_signals() -> Iterator[_StopFlag]:
 
 
 def _versions() -> dict:
-    import torchvision
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "unknown"
 
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": installed("torchvision"),
         "cnnviz": __version__,
+        "torch_threads": torch.get_num_threads(),
     }
 
 

@@ -20,14 +20,14 @@ THREADS_ENV = "CNNVIZ_THREADS"
 
 
 def cpu_threads() -> int:
-    """How many threads CPU math should use: ``$CNNVIZ_THREADS`` if set, else half the cores this
-    process may run on (at least one).
+    """How many threads CPU math should use: ``$CNNVIZ_THREADS`` if set, else every core this process
+    may run on.
 
-    Why half: this CNN's kernels are small, and an OpenMP thread that must share its core with another
-    busy process stalls every parallel region; on a loaded 2-core machine one thread trains several
-    times faster than two, on an idle one about a third slower (see benchmarks/). The count depends only on
-    the machine, never on its current load, because it changes the low-order bits of the results and
-    "same seed, same run" must hold.
+    On an idle machine two threads train this CNN about 1.5× faster than one; on a machine whose other
+    processes keep the cores busy, a thread that waits for its core stalls every parallel region, and
+    ``CNNVIZ_THREADS=1`` is the faster choice (see benchmarks/). The count depends only on the machine,
+    never on its current load, because it changes the low-order bits of the results and "same seed,
+    same run" must hold.
     """
     value = os.environ.get(THREADS_ENV, "").strip()
     if value:
@@ -42,7 +42,7 @@ def cpu_threads() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, cores // 2)
+    return max(1, cores)
 
 
 def set_cpu_threads() -> int:
