@@ -183,15 +183,20 @@ def train_run(
     offline: bool = False,
     progress: TrainProgress | None = None,
     resume: str | None = None,
+    epochs_given: bool = True,
     command: list[str] | None = None,
 ) -> TrainResult:
     """Train a new run (or continue ``resume``) in ``store``; returns what was stored.
+
+    When resuming, ``config.epochs`` is the new target if ``epochs_given``, else the run's own target.
 
     SIGINT/SIGTERM are caught for the whole call: before the run exists they cancel cleanly, later
     they stop training at the next batch boundary.
     """
     with _stop_on_signals() as stop:
-        return _train_run(store, config, data_dir, offline, progress or TrainProgress(), resume, command, stop)
+        return _train_run(
+            store, config, data_dir, offline, progress or TrainProgress(), resume, epochs_given, command, stop
+        )
 
 
 def _train_run(
@@ -201,12 +206,13 @@ def _train_run(
     offline: bool,
     progress: TrainProgress,
     resume: str | None,
+    epochs_given: bool,
     command: list[str] | None,
     stop: _StopFlag,
 ) -> TrainResult:
     device = pick_device(config.device)
     if resume is not None:
-        run, config, history = _prepare_resume(store, resume, config)
+        run, config, history = _prepare_resume(store, resume, config, epochs_given)
     else:
         store.check_writable()
         run, history = None, []
@@ -350,7 +356,10 @@ def _store_epoch(
         (run.dir / relpath).unlink(missing_ok=True)
 
 
-def _prepare_resume(store: Store, run_id: str, requested: TrainConfig) -> tuple[Run, TrainConfig, list[dict]]:
+def _prepare_resume(
+    store: Store, run_id: str, requested: TrainConfig, epochs_given: bool
+) -> tuple[Run, TrainConfig, list[dict]]:
+    """The run to continue, its own config (with the requested epochs, if given) and its history."""
     run = store.get(run_id)
     manifest = effective_status(run.manifest())
     if manifest["status"] == "running":
@@ -360,8 +369,11 @@ def _prepare_resume(store: Store, run_id: str, requested: TrainConfig) -> tuple[
     except (KeyError, TypeError) as exc:
         raise ArtifactError(f"The manifest of run '{run.id}' has no usable options ({exc}).") from None
     history = list(manifest.get("history", []))
-    config = replace(original, epochs=requested.epochs, device=requested.device)
-    if len(history) >= config.epochs:
+    epochs = requested.epochs if epochs_given else original.epochs
+    config = replace(original, epochs=epochs, device=requested.device)
+    # A run killed while writing its final files has every epoch but is not complete: finish it.
+    unfinished = manifest["status"] != "complete" and len(history) == config.epochs
+    if len(history) >= config.epochs and not unfinished:
         raise UsageError(
             f"Run '{run.id}' has already trained {len(history)} epochs.",
             f"Pass --epochs N with N > {len(history)} to train it further.",

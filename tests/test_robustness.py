@@ -14,10 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_clean_error, cli, tree_digest
+from helpers import assert_clean_error, cli, tree_digest, write_dataset
 from safetensors.torch import load_file
 
 EPOCHS = 8
+
+
+@pytest.fixture(scope="module")
+def slow_data(tmp_path_factory) -> Path:
+    """Enough images (3,000) that an epoch takes a noticeable moment, so signals land mid-training."""
+    return write_dataset(tmp_path_factory.mktemp("signal-data"), n_train=3000, n_test=100, seed=7)
 
 
 def _start_training(store: Path, data: Path, *extra: str) -> subprocess.Popen:
@@ -75,9 +81,9 @@ def _uninterrupted(tiny_data: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_keeps_finished_epochs_and_resume_matches_an_uninterrupted_run(sig, store_copy, tiny_data, tmp_path):
+def test_interrupt_keeps_finished_epochs_and_resume_matches_an_uninterrupted_run(sig, store_copy, slow_data, tmp_path):
     store, complete_id = store_copy
-    process = _start_training(store, tiny_data)
+    process = _start_training(store, slow_data)
     _wait_for_epochs(store, process, random.choice([1, 2]))
     time.sleep(random.uniform(0, 0.3))
     process.send_signal(sig)
@@ -94,19 +100,20 @@ def test_interrupt_keeps_finished_epochs_and_resume_matches_an_uninterrupted_run
     assert _latest(store) == complete_id
 
     run_id = interrupted[0]["run_id"]
-    result = cli("train", "--data-dir", tiny_data, "--artifacts", store, "--resume", run_id,
-                 "--epochs", EPOCHS, "--json", "--quiet")
+    # Without --epochs, resuming continues to the run's own target.
+    result = cli("train", "--data-dir", slow_data, "--artifacts", store, "--resume", run_id, "--json", "--quiet")
     assert result.exit_code == 0, result.stderr
+    assert len(json.loads(result.stdout)["history"]) == EPOCHS
     resumed = load_file(str(store / run_id / "model.safetensors"))
-    reference = _uninterrupted(tiny_data, tmp_path)
+    reference = _uninterrupted(slow_data, tmp_path)
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
     assert _latest(store) == run_id
     _check_store_invariants(store)
 
 
-def test_sigkill_leaves_a_stale_run_that_is_never_latest_and_can_be_resumed(store_copy, tiny_data):
+def test_sigkill_leaves_a_stale_run_that_is_never_latest_and_can_be_resumed(store_copy, slow_data, tiny_data):
     store, complete_id = store_copy
-    process = _start_training(store, tiny_data)
+    process = _start_training(store, slow_data)
     _wait_for_epochs(store, process, 1)
     time.sleep(random.uniform(0, 0.5))
     process.kill()
@@ -122,10 +129,31 @@ def test_sigkill_leaves_a_stale_run_that_is_never_latest_and_can_be_resumed(stor
     result = cli("evaluate", "--artifacts", store, "--run", killed[0]["run_id"], "--data-dir", tiny_data)
     assert_clean_error(result, 4, "stale, not complete", "--resume")
 
-    result = cli("train", "--data-dir", tiny_data, "--artifacts", store, "--resume", killed[0]["run_id"],
-                 "--epochs", EPOCHS, "--quiet")
+    result = cli("train", "--data-dir", slow_data, "--artifacts", store, "--resume", killed[0]["run_id"], "--quiet")
     assert result.exit_code == 0, result.stderr
     assert _latest(store) == killed[0]["run_id"]
+
+
+def test_a_run_killed_while_writing_its_final_files_is_finished_by_resume(store_copy, tiny_data):
+    store, run_id = store_copy
+    manifest_path = store / run_id / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    manifest.update(status="running", owner={"pid": int(dead.stdout), "host": os.uname().nodename})
+    manifest.pop("completed")
+    for relpath in ("model.safetensors", "curves.png", "history.csv"):
+        manifest["files"].pop(relpath)
+        (store / run_id / relpath).unlink()
+    manifest_path.write_text(json.dumps(manifest))
+    assert _latest(store) is None
+
+    result = cli("train", "--data-dir", tiny_data, "--artifacts", store, "--resume", run_id, "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert _latest(store) == run_id
+    final = load_file(str(store / run_id / "model.safetensors"))
+    last_epoch = load_file(str(store / run_id / "checkpoints" / "epoch-002.safetensors"))
+    assert all(torch.equal(final[k], last_epoch[k]) for k in final)
+    _check_store_invariants(store)
 
 
 def test_two_trainings_started_together_make_two_complete_runs(tiny_data, tmp_path):
@@ -140,9 +168,9 @@ def test_two_trainings_started_together_make_two_complete_runs(tiny_data, tmp_pa
     _check_store_invariants(store)
 
 
-def test_evaluate_while_training_runs(store_copy, tiny_data):
+def test_evaluate_while_training_runs(store_copy, slow_data, tiny_data):
     store, complete_id = store_copy
-    process = _start_training(store, tiny_data, "--epochs", "4")
+    process = _start_training(store, slow_data, "--epochs", "2")
     result = cli("evaluate", "--artifacts", store, "--data-dir", tiny_data, "--json")
     _, err = process.communicate(timeout=180)
     assert process.returncode == 0, err

@@ -46,7 +46,10 @@ def main(
     ] = "all",
     resume: Annotated[
         str | None,
-        typer.Option("--resume", help="Continue an interrupted run (or train a run further) up to --epochs."),
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted or killed run to its epochs (or to --epochs, to train it further).",
+        ),
     ] = None,
     artifacts: ArtifactsOpt = None,
     json_out: JsonOpt = False,
@@ -88,6 +91,7 @@ def main(
             offline=offline,
             progress=progress,
             resume=resume,
+            epochs_given=ctx.get_parameter_source("epochs").name != "DEFAULT",
             command=command_line(ctx),
         )
     finally:
