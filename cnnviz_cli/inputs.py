@@ -35,12 +35,19 @@ def run_split(
     data_dir: Path | None = None,
     offline: bool = False,
 ) -> Split:
-    """A split of the run's dataset; 'train' and 'val' are carved exactly as the run's training did."""
+    """A split of the run's dataset; 'train' and 'val' are carved exactly as the run's training did.
+
+    Without ``data_dir``, the folder the run was trained from (if it still exists) is tried first.
+    """
     from cnnviz_cli.data import check_dataset, load_split
 
     options = manifest.get("options") or {}
+    run_dataset = manifest.get("dataset") or "mnist"
+    remembered = manifest.get("data_dir")
+    if data_dir is None and remembered and (dataset in (None, run_dataset)) and Path(remembered).is_dir():
+        data_dir = Path(remembered)
     return load_split(
-        check_dataset(dataset or manifest.get("dataset") or "mnist"),
+        check_dataset(dataset or run_dataset),
         split,
         data_dir,
         offline,

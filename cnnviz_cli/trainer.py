@@ -241,6 +241,7 @@ def _train_run(
                 "dataset": config.dataset,
                 "seed": config.seed,
                 "data_source": train.source,
+                "data_dir": str(data_dir.resolve()) if data_dir is not None else None,
                 "train_size": len(train),
                 "val_size": len(val),
                 "classes": list(classes),

@@ -157,3 +157,12 @@ def test_manifest_records_the_command_the_user_typed(tiny_data, tmp_path):
     assert command[:2] == ["cnnviz", "train"]
     assert command[command.index("--seed") + 1] == "2" and "--json" in command
     assert "--lr" not in command  # defaults are in the options, not in the command
+
+
+def test_later_commands_find_the_data_folder_the_run_was_trained_from(tiny_data, tmp_path):
+    doc = _train(tmp_path / "a", tiny_data, "--epochs", "1")
+    manifest = json.loads((Path(doc["run_dir"]) / "manifest.json").read_text())
+    assert manifest["data_dir"] == str(tiny_data.resolve())
+    result = cli("evaluate", "--artifacts", tmp_path / "a", "--offline", "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["n"] == 200
