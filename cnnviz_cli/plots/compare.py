@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from cnnviz_cli.plots.common import new_figure
+from cnnviz_cli.plots.evaluation import class_matrix_axes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,18 +45,7 @@ def confusion_difference_figure(difference: Sequence[Sequence[int]], classes: Se
             ax.text(p, t, f"{value:+d}" if value else "0", ha="center", va="center", fontsize=9, color=colour,
                     fontweight="bold" if t == p else "normal")
         ax.add_patch(Rectangle((t - 0.5, t - 0.5), 1, 1, fill=False, edgecolor="#333333", linewidth=1.2))
-    ticks = list(range(k))
-    ax.set_xticks(ticks, labels=[str(c) for c in classes], rotation=40, ha="right", rotation_mode="anchor")
-    ax.set_yticks(ticks, labels=[str(c) for c in classes])
-    ax.tick_params(length=0, labelsize=9.5)
-    ax.set_xlabel("predicted class", fontsize=10.5)
-    ax.set_ylabel("true class", fontsize=10.5)
-    ax.set_xticks([i - 0.5 for i in range(1, k)], minor=True)
-    ax.set_yticks([i - 0.5 for i in range(1, k)], minor=True)
-    ax.grid(which="minor", color="white", linewidth=1.0)
-    ax.tick_params(which="minor", length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
+    class_matrix_axes(ax, classes, rotate=True)
     bar = figure.colorbar(image, ax=ax, shrink=0.82, pad=0.02)
     bar.set_label("images: run B minus run A", fontsize=9.5)
     bar.ax.tick_params(labelsize=8.5)

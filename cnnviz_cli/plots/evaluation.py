@@ -50,22 +50,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
                 p, t, f"{value:,}", ha="center", va="center", color=colour, fontsize=fontsize,
                 fontweight="bold" if t == p else "normal",
             )
-    ticks = list(range(k))
-    if longest > 2:
-        ax.set_xticks(ticks, labels=[str(c) for c in classes], rotation=40, ha="right", rotation_mode="anchor")
-    else:
-        ax.set_xticks(ticks, labels=[str(c) for c in classes])
-    ax.set_yticks(ticks, labels=[str(c) for c in classes])
-    ax.tick_params(length=0, labelsize=9.5)
-    ax.set_xlabel("predicted class", fontsize=10.5)
-    ax.set_ylabel("true class", fontsize=10.5)
-    # Thin white lines between cells keep neighbouring counts apart.
-    ax.set_xticks([i - 0.5 for i in range(1, k)], minor=True)
-    ax.set_yticks([i - 0.5 for i in range(1, k)], minor=True)
-    ax.grid(which="minor", color="white", linewidth=1.0)
-    ax.tick_params(which="minor", length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
+    class_matrix_axes(ax, classes, rotate=longest > 2)
     bar = figure.colorbar(image, ax=ax, shrink=0.82, pad=0.02)
     bar.set_ticks(list(SHARE_TICKS))
     bar.ax.yaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
@@ -111,3 +96,24 @@ def mistakes_figure(
         ax.set_xlabel(f"pred: {predictions[slot]} {probabilities[slot]:.1%}", fontsize=8.5, color=WRONG_COLOUR, labelpad=3)
     figure.suptitle(title, fontsize=11)
     return figure
+
+
+def class_matrix_axes(ax, classes: Sequence[str], *, rotate: bool) -> None:
+    """Axes of a true-by-predicted class matrix: class names on both axes, white lines between cells."""
+    k = len(classes)
+    ticks = list(range(k))
+    if rotate:
+        ax.set_xticks(ticks, labels=[str(c) for c in classes], rotation=40, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticks(ticks, labels=[str(c) for c in classes])
+    ax.set_yticks(ticks, labels=[str(c) for c in classes])
+    ax.tick_params(length=0, labelsize=9.5)
+    ax.set_xlabel("predicted class", fontsize=10.5)
+    ax.set_ylabel("true class", fontsize=10.5)
+    # Thin white lines between cells keep neighbouring counts apart.
+    ax.set_xticks([i - 0.5 for i in range(1, k)], minor=True)
+    ax.set_yticks([i - 0.5 for i in range(1, k)], minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.0)
+    ax.tick_params(which="minor", length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
