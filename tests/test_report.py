@@ -152,8 +152,12 @@ def test_report_loads_in_headless_chromium_without_errors(reported_store, tmp_pa
 
 
 def test_report_without_test_images_shows_what_exists_and_names_the_commands(store_copy):
-    """No dataset reachable (offline, no data folder): the report still comes out and says what is missing."""
+    """No dataset reachable (offline, data folder moved away): the report still comes out and says what is missing."""
     store, run_id = store_copy
+    manifest_path = store / run_id / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["data_dir"] = str(store / "moved-away")
+    manifest_path.write_text(json.dumps(manifest))
     result = cli("evolution", "--artifacts", store, "--quiet")
     assert result.exit_code == 0, result.stderr
     damaged = store / run_id / "evolution/conv1/changes.png"
