@@ -44,6 +44,15 @@ COMMANDS = (
 class CnnvizGroup(TyperGroup):
     """Turns a CnnvizError or a bad option into one message on stderr and its exit code."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Flags take no value: don't let the help show one ("--json <bool>" reads like "--json true").
+        for command in [self, *self.commands.values()]:
+            for param in command.params:
+                if getattr(param, "is_flag", False):
+                    param.metavar = ""
+            command.get_help_option = _flag_without_metavar(command.get_help_option)
+
     def invoke(self, ctx: Context):
         from cnnviz_cli import console
 
@@ -63,6 +72,16 @@ class CnnvizGroup(TyperGroup):
         except KeyboardInterrupt:
             console.error("interrupted.")
             ctx.exit(130)
+
+
+def _flag_without_metavar(get_help_option):
+    def wrapped(ctx):
+        option = get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    return wrapped
 
 
 app = typer.Typer(

@@ -104,3 +104,10 @@ def test_bad_option_type_is_one_clean_line():
 def test_unknown_option_is_a_usage_error():
     result = cli("train", "--epoch", "3")
     assert_clean_error(result, 2, "--epoch")
+
+
+def test_flags_are_shown_without_a_value():
+    for args in (["--help"], ["train", "--help"], ["report", "--help"]):
+        result = cli(*args)
+        assert result.exit_code == 0
+        assert "<bool>" not in result.stdout, args
