@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.errors import DataError, GateFailed, UsageError
+from cnnviz_cli.errors import GateFailed, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -284,7 +284,7 @@ def compare_runs(
     """Evaluate both runs' final models on the same images and match their filters."""
     from cnnviz_cli.checkpoint import load_run_model
     from cnnviz_cli.data import check_dataset
-    from cnnviz_cli.evaluation import evaluate_model
+    from cnnviz_cli.evaluation import check_data_fits, evaluate_model
     from cnnviz_cli.inputs import run_split
     from cnnviz_cli.training import pick_device
 
@@ -323,18 +323,7 @@ def compare_runs(
     model_b, checkpoint_b = load_run_model(second, torch_device)
     data = run_split(manifest_a, split, dataset=dataset, data_dir=data_dir, offline=offline)
     for run, checkpoint in ((first, checkpoint_a), (second, checkpoint_b)):
-        config = checkpoint.model_config
-        if len(data.classes) != config.num_classes:
-            raise DataError(
-                f"{dataset} has {len(data.classes)} classes but the model of run '{run.id}' predicts "
-                f"{config.num_classes}.",
-                "Compare on the dataset the runs were trained on.",
-            )
-        if tuple(data.images.shape[1:]) != (config.image_size, config.image_size):
-            raise DataError(
-                f"The {dataset} images are {tuple(data.images.shape[1:])} pixels but run '{run.id}' expects "
-                f"{config.image_size}×{config.image_size}."
-            )
+        check_data_fits(data, checkpoint, run.id)
 
     total = 2 * max(1, math.ceil(len(data) / 1024))
     result_a = evaluate_model(

@@ -364,18 +364,7 @@ def evaluate_run(
     torch_device = pick_device(device)
     model, checkpoint = load_run_model(run, torch_device, MODEL_FILE)
     data = run_split(manifest, split, dataset=dataset, data_dir=data_dir, offline=offline)
-    config = checkpoint.model_config
-    if len(data.classes) != config.num_classes:
-        raise DataError(
-            f"{dataset} has {len(data.classes)} classes but the model of run '{run.id}' predicts "
-            f"{config.num_classes}.",
-            "Evaluate on the dataset the run was trained on.",
-        )
-    if tuple(data.images.shape[1:]) != (config.image_size, config.image_size):
-        raise DataError(
-            f"The {dataset} images are {tuple(data.images.shape[1:])} pixels but the model expects "
-            f"{config.image_size}×{config.image_size}."
-        )
+    check_data_fits(data, checkpoint, run.id)
     started = time.perf_counter()
     result = evaluate_model(model, data, batch_size=batch_size, on_batch=on_batch, top_mistakes=top_mistakes)
     seconds = time.perf_counter() - started
@@ -461,3 +450,19 @@ def write_evaluation(evaluation: RunEvaluation) -> EvaluationFiles:
         confusion_matrix=staging.final_path(relpaths[CONFUSION_FILE]),
         mistakes=staging.final_path(relpaths[MISTAKES_FILE]),
     )
+
+
+def check_data_fits(data: Split, checkpoint: Checkpoint, run_id: str) -> None:
+    """Refuse images the run's model cannot classify: another number of classes or another size."""
+    config = checkpoint.model_config
+    if len(data.classes) != config.num_classes:
+        raise DataError(
+            f"{data.dataset} has {len(data.classes)} classes but the model of run '{run_id}' predicts "
+            f"{config.num_classes}.",
+            "Use the dataset the run was trained on.",
+        )
+    if tuple(data.images.shape[1:]) != (config.image_size, config.image_size):
+        raise DataError(
+            f"The {data.dataset} images are {tuple(data.images.shape[1:])} pixels but run '{run_id}' expects "
+            f"{config.image_size}×{config.image_size}."
+        )
