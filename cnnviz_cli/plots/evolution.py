@@ -91,14 +91,7 @@ def weights_frame(
     image = ax.imshow(_masked(tiles.array), cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
     _style_image_axes(ax, tiles, matrix_labels=True)
     bar = figure.colorbar(image, ax=ax, shrink=0.8, pad=0.02, extend="both")
-    bar.set_label("weight (same scale in every epoch)", fontsize=9)
-    bar.ax.tick_params(labelsize=8)
-    figure.suptitle(title, fontsize=13, fontweight="bold")
-    if subtitle:
-        ax.set_title(subtitle, fontsize=9.5)
-    if progress is not None:
-        _progress_bar(figure, progress)
-    return figure
+    return _frame_titles(figure, ax, bar, "weight (same scale in every epoch)", title, subtitle, progress)
 
 
 def featuremaps_frame(
@@ -112,7 +105,14 @@ def featuremaps_frame(
     image = ax.imshow(_masked(tiles.array), cmap=_cmap(ACTIVATION_CMAP), vmin=0.0, vmax=vmax, interpolation="nearest")
     _style_image_axes(ax, tiles, matrix_labels=False)
     bar = figure.colorbar(image, ax=ax, shrink=0.8, pad=0.02)
-    bar.set_label("activation after ReLU (same scale in every epoch)", fontsize=9)
+    return _frame_titles(
+        figure, ax, bar, "activation after ReLU (same scale in every epoch)", title, subtitle, progress
+    )
+
+
+def _frame_titles(figure, ax, bar, bar_label: str, title: str, subtitle: str, progress: float | None) -> Figure:
+    """The parts every epoch frame shares: colour-bar label, title, subtitle and the epoch progress bar."""
+    bar.set_label(bar_label, fontsize=9)
     bar.ax.tick_params(labelsize=8)
     figure.suptitle(title, fontsize=13, fontweight="bold")
     if subtitle:
