@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnviz_cli.errors import DataError
+from cnnviz_cli.errors import DataError, UsageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -41,6 +41,15 @@ _ORIENTATIONS = {
     6: "rotated 90° clockwise",
     7: "mirrored and rotated 90° clockwise",
     8: "rotated 90° counter-clockwise",
+}
+_TRANSPOSE = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
 }
 _HIGH_DEPTH_GRAY = {
     "I;16": "16-bit",
@@ -122,6 +131,27 @@ def _flatten_alpha(rgb: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, str]
     return flattened.astype(np.float32), "white" if background else "black"
 
 
+def _decode(image, max_side: int | None, notes: list[str]):
+    """Load the pixels, shrunk by a whole factor when ``max_side`` asks for it."""
+    width, height = image.size
+    if max_side is None or max(width, height) <= max_side:
+        image.load()
+        return image
+    if image.format == "JPEG":
+        factor = -(-max(width, height) // max_side)
+        image.draft(image.mode, (-(-width // factor), -(-height // factor)))  # decodes at 1/2, 1/4 or 1/8
+    image.load()
+    factor = -(-max(image.size) // max_side)
+    if factor >= 2 and image.mode not in ("P", "PA", "1"):
+        try:
+            image = image.reduce(factor)
+        except ValueError:  # a mode Pillow cannot average in blocks (some 16-bit layouts): keep the full size
+            pass
+    if image.size != (width, height):
+        notes.append(f"decoded at {image.width}×{image.height} of {width}×{height} (plenty for a 28-pixel input)")
+    return image
+
+
 def _to_pixels(image, notes: list[str]) -> np.ndarray:
     """Pillow image (any mode) -> float32 [0, 1] array, gray (H, W) or colour (H, W, 3)."""
     mode = image.mode
@@ -169,13 +199,17 @@ def _to_pixels(image, notes: list[str]) -> np.ndarray:
     return values
 
 
-def read_picture(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+def read_picture(
+    path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
+) -> Picture:
     """Decode the picture at ``path`` upright into float pixels in [0, 1]; every failure is a ``DataError``.
 
     The size is checked against ``max_pixels`` from the file's header, before the pixels are decoded.
     A picture with several frames (animated GIF, multi-page TIFF) is read from its first frame.
+    With ``max_side``, a longer picture is shrunk while decoding by the smallest whole factor that makes it
+    fit (JPEG's own reduced decoding, then averaging blocks of pixels).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.exists():
@@ -209,14 +243,12 @@ def read_picture(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> P
                     frames = getattr(image, "n_frames", 1)
                     if frames > 1:
                         notes.append(f"read the first of {frames} frames")
-                    image.load()
                     orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+                    decoded = _decode(image, max_side, notes)
                     if orientation in _ORIENTATIONS:
-                        upright = ImageOps.exif_transpose(image)
+                        decoded = decoded.transpose(Image.Transpose[_TRANSPOSE[orientation]])
                         notes.append(f"{_ORIENTATIONS[orientation]} as its EXIF orientation asks")
-                    else:
-                        upright = image
-                    pixels = _to_pixels(upright, notes)
+                    pixels = _to_pixels(decoded, notes)
                     file_format = image.format or path.suffix.lstrip(".").upper()
                     mode = image.mode
     except DataError:
@@ -242,7 +274,7 @@ RECIPES = ("mnist", "fashion-mnist")
 """The dataset recipes; a run's dataset names the one its pictures go through (``recipe_for``)."""
 
 MNIST_BOX = 20
-WORKING_SIDE = 1024
+WORKING_SIDE = 256
 """Bigger pictures are area-averaged down to this longest side first: the result is 28 pixels wide anyway."""
 _NOISE_SIGMAS = 3.0
 
@@ -356,16 +388,21 @@ def _remove_background(
 def _grow(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     """The pixels of ``allowed`` connected (8-neighbours) to ``seed``: faint edges of strokes, not stray specks."""
     grown = seed & allowed
+    count = np.count_nonzero(grown)
+    wider = np.empty_like(grown)
     while True:
-        wider = grown.copy()
+        np.copyto(wider, grown)
         wider[1:] |= grown[:-1]
         wider[:-1] |= grown[1:]
-        wider[:, 1:] |= wider[:, :-1].copy()
-        wider[:, :-1] |= wider[:, 1:].copy()
+        np.copyto(grown, wider)
+        wider[:, 1:] |= grown[:, :-1]
+        wider[:, :-1] |= grown[:, 1:]
         wider &= allowed
-        if np.array_equal(wider, grown):
-            return grown
-        grown = wider
+        grown_count = np.count_nonzero(wider)
+        if grown_count == count:  # growing only adds pixels: the same count means nothing changed
+            return wider
+        count = grown_count
+        grown, wider = wider, grown
 
 
 def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -415,7 +452,7 @@ def _to_8bit(values: np.ndarray) -> np.ndarray:
     return (np.round(np.clip(values, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
 
 
-def _mnist(picture: Picture, invert: bool | None, notes: list[str]) -> tuple[np.ndarray, bool]:
+def _mnist(picture: Picture, invert: bool | None, notes: list[str], size: int = SIZE) -> tuple[np.ndarray, bool]:
     """LeCun et al.: the digit's box fitted into 20×20 (aspect kept, anti-aliased), centre of mass at the centre."""
     gray = _to_gray(_working_copy(picture.pixels), notes)
     level, noise = _background(gray)
@@ -443,7 +480,7 @@ def _size_text(picture: Picture, width: int, height: int, working: tuple[int, ..
     return f"{round(width * factor)}×{round(height * factor)}"
 
 
-def _fashion(picture: Picture, invert: bool | None, notes: list[str]) -> tuple[np.ndarray, bool]:
+def _fashion(picture: Picture, invert: bool | None, notes: list[str], size: int = SIZE) -> tuple[np.ndarray, bool]:
     """Xiao et al.: trim the corner colour, longest edge to 28 by subsampling, sharpen, centre, negate, 8-bit."""
     from PIL import Image, ImageFilter
 
@@ -495,24 +532,24 @@ def _subsample(values: np.ndarray, width: int, height: int) -> np.ndarray:
     return values[np.ix_(rows, cols)]
 
 
-def _resize(picture: Picture, invert: bool | None, notes: list[str]) -> tuple[np.ndarray, bool]:
-    """The whole canvas stretched to 28×28 (the earlier behaviour), light marks on dark."""
+def _resize(picture: Picture, invert: bool | None, notes: list[str], size: int) -> tuple[np.ndarray, bool]:
+    """The whole canvas stretched to size×size (the earlier behaviour), light marks on dark."""
     from PIL import Image
 
     gray = _to_gray(picture.pixels, notes)
     level, noise = _background(gray)
     gray, _, inverted = _orient(gray, level, noise, invert, notes)
-    if gray.shape != (SIZE, SIZE):
-        stretched = Image.fromarray(gray, mode="F").resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+    if gray.shape != (size, size):
+        stretched = Image.fromarray(gray, mode="F").resize((size, size), Image.Resampling.LANCZOS)
         gray = np.asarray(stretched, dtype=np.float32)
-        notes.append(f"resized {picture.width}×{picture.height} to {SIZE}×{SIZE}")
+        notes.append(f"resized {picture.width}×{picture.height} to {size}×{size}")
     return gray, inverted
 
 
-def _as_is(picture: Picture, invert: bool | None, notes: list[str]) -> tuple[np.ndarray, bool]:
-    if (picture.height, picture.width) != (SIZE, SIZE):
+def _as_is(picture: Picture, invert: bool | None, notes: list[str], size: int) -> tuple[np.ndarray, bool]:
+    if (picture.height, picture.width) != (size, size):
         raise DataError(
-            f"The picture is {picture.width}×{picture.height}; --preprocess none needs exactly {SIZE}×{SIZE}.",
+            f"The picture is {picture.width}×{picture.height}; --preprocess none needs exactly {size}×{size}.",
             "Use --preprocess dataset (or resize) for pictures of other sizes.",
         )
     gray = _to_gray(picture.pixels, notes)
@@ -526,17 +563,28 @@ _STEPS = {"mnist": _mnist, "fashion-mnist": _fashion, "resize": _resize, "none":
 
 
 def prepare(
-    picture: Picture, *, preprocess: str = "dataset", recipe: str = "mnist", invert: bool | None = None
+    picture: Picture,
+    *,
+    preprocess: str = "dataset",
+    recipe: str = "mnist",
+    invert: bool | None = None,
+    size: int = SIZE,
 ) -> Prepared:
-    """The 28×28 input for ``picture``: with ``preprocess='dataset'`` made by ``recipe`` (see ``RECIPES``).
+    """The model's input for ``picture``: with ``preprocess='dataset'`` made by ``recipe`` (see ``RECIPES``).
 
     ``invert=None`` finds the polarity from the picture (its border is the background); True or False force it.
-    ``notes`` lists the reader's steps and then every step taken here, in order.
+    ``notes`` lists the reader's steps and then every step taken here, in order. The dataset recipes make
+    28×28 inputs; 'resize' and 'none' make ``size``×``size``.
     """
     name = recipe if preprocess == "dataset" else preprocess
+    if name in RECIPES and size != SIZE:
+        raise UsageError(
+            f"The {name} recipe makes {SIZE}×{SIZE} inputs, but this model takes {size}×{size}.",
+            "Use --preprocess resize.",
+        )
     notes = list(picture.notes)
     try:
-        pixels, inverted = _STEPS[name](picture, invert, notes)
+        pixels, inverted = _STEPS[name](picture, invert, notes, size)
     except DataError as error:
         if invert is None or error.hint:
             raise
@@ -550,11 +598,13 @@ def prepare_file(
     preprocess: str = "dataset",
     recipe: str = "mnist",
     invert: bool | None = None,
+    size: int = SIZE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Prepared:
     """``read_picture`` then ``prepare``; a picture that cannot be prepared is a ``DataError`` naming the file."""
-    picture = read_picture(path, max_pixels=max_pixels)
+    shrink = WORKING_SIDE if preprocess == "dataset" else None
+    picture = read_picture(path, max_pixels=max_pixels, max_side=shrink)
     try:
-        return prepare(picture, preprocess=preprocess, recipe=recipe, invert=invert)
+        return prepare(picture, preprocess=preprocess, recipe=recipe, invert=invert, size=size)
     except DataError as error:
         raise DataError(f"{path}: {error.message[0].lower()}{error.message[1:]}", error.hint) from None

@@ -415,3 +415,17 @@ def mnist_test_images(count: int) -> np.ndarray:
     with gzip.open(MNIST_TEST) as handle:
         data = handle.read(16 + count * 784)
     return np.frombuffer(data[16:], np.uint8).reshape(count, 28, 28)
+
+
+@pytest.mark.parametrize(
+    "name, size, decoded", [("scan.png", (600, 300), (200, 100)), ("photo.jpg", (1000, 600), (250, 150))]
+)
+def test_big_pictures_can_be_shrunk_while_decoding(tmp_path, name, size, decoded):
+    values = np.indices(size[::-1]).sum(axis=0) % 256
+    Image.fromarray(values.astype(np.uint8)).save(tmp_path / name)
+    picture = read_picture(tmp_path / name, max_side=256)
+    assert (picture.width, picture.height) == decoded
+    assert picture.notes == (
+        f"decoded at {decoded[0]}×{decoded[1]} of {size[0]}×{size[1]} (plenty for a 28-pixel input)",
+    )
+    assert read_picture(tmp_path / name).width == size[0]  # without max_side, every pixel
