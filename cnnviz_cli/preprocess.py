@@ -69,6 +69,8 @@ class Picture:
     notes: tuple[str, ...]
     format: str
     mode: str
+    file_size: tuple[int, int] | None = None
+    """(width, height) of the upright picture in the file, when it was shrunk while decoding."""
 
     @property
     def height(self) -> int:
@@ -251,6 +253,8 @@ def read_picture(
                     pixels = _to_pixels(decoded, notes)
                     file_format = image.format or path.suffix.lstrip(".").upper()
                     mode = image.mode
+                    turned = orientation in (5, 6, 7, 8)
+                    file_size = (image.height, image.width) if turned else (image.width, image.height)
     except DataError:
         raise
     except PermissionError:
@@ -262,7 +266,14 @@ def read_picture(
         if "truncated" in text or isinstance(exc, EOFError) or "broken data stream" in text:
             raise DataError(f"{path} is cut short: the file ends before the picture does.") from None
         raise DataError(f"{path} is damaged: its picture data cannot be decoded.") from None
-    return Picture(pixels=np.ascontiguousarray(pixels), notes=tuple(notes), format=file_format, mode=mode)
+    shrunk = file_size != (pixels.shape[1], pixels.shape[0])
+    return Picture(
+        pixels=np.ascontiguousarray(pixels),
+        notes=tuple(notes),
+        format=file_format,
+        mode=mode,
+        file_size=file_size if shrunk else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -475,8 +486,8 @@ def _mnist(picture: Picture, invert: bool | None, notes: list[str], size: int = 
 
 
 def _size_text(picture: Picture, width: int, height: int, working: tuple[int, ...]) -> str:
-    """A box measured on the working copy, told in the picture's own pixels."""
-    factor = picture.width / working[1]
+    """A box measured on the working copy, told in the pixels of the picture's file."""
+    factor = (picture.file_size or (picture.width, picture.height))[0] / working[1]
     return f"{round(width * factor)}×{round(height * factor)}"
 
 

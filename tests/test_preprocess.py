@@ -429,3 +429,15 @@ def test_big_pictures_can_be_shrunk_while_decoding(tmp_path, name, size, decoded
         f"decoded at {decoded[0]}×{decoded[1]} of {size[0]}×{size[1]} (plenty for a 28-pixel input)",
     )
     assert read_picture(tmp_path / name).width == size[0]  # without max_side, every pixel
+
+
+def test_boxes_are_told_in_the_files_pixels_even_when_decoded_smaller(tmp_path):
+    canvas = np.full((800, 1200), 255, np.uint8)
+    canvas[200:600, 500:700] = 0  # 200 wide, 400 high
+    Image.fromarray(canvas).save(tmp_path / "page.png")
+    prepared = prepare_file(tmp_path / "page.png")
+    assert prepared.notes[:3] == (
+        "decoded at 240×160 of 1200×800 (plenty for a 28-pixel input)",
+        "dark on light: inverted",
+        "cropped to the 200×400 ink box",
+    )
