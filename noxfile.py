@@ -26,4 +26,4 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmark cnnviz against the tutorial's pipeline (options after --, e.g. -- --quick)."""
     session.install("-e", ".")
-    session.run("python", "-m", "cnnviz_cli.bench", *session.posargs)
+    session.run("python", "benchmarks/bench.py", *session.posargs)

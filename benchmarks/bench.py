@@ -1,4 +1,5 @@
-"""Benchmark cnnviz against the tutorial's pipeline, side by side on the same data: ``python -m cnnviz_cli.bench``.
+"""Benchmark cnnviz against the tutorial's pipeline, side by side on the same data: ``python benchmarks/bench.py``
+(or ``nox -s bench``).
 
 The baseline is the tutorial's code path, rebuilt here faithfully: a torchvision MNIST-style dataset
 whose ``__getitem__`` (torchvision's own) turns each uint8 image into a PIL image and then a tensor with
@@ -32,8 +33,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# A script beside the package: run from a checkout without installing it, cnnviz_cli is found here.
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 SCHEMA = "cnnviz-bench/1"
-THREADS_ENV = "CNNVIZ_THREADS"  # = cnnviz_cli.training.THREADS_ENV (not imported here: that module imports torch)
+THREADS_ENV = "CNNVIZ_THREADS"  # = cnnviz_cli.training.device.THREADS_ENV (not imported here: that module imports torch)
 SECTIONS = ("startup", "loop", "command", "eval", "render")
 BATCH_SIZE = 256  # the tutorial's
 LR = 1e-3
@@ -285,7 +290,7 @@ def cnnviz_cmd(*args: str) -> list[str]:
 
 
 def worker_cmd(name: str, spec: dict) -> list[str]:
-    return [sys.executable, "-m", "cnnviz_cli.bench", "--worker", name, "--spec", json.dumps(spec)]
+    return [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--spec", json.dumps(spec)]
 
 
 def imported_heavy_modules(args: Sequence[str], env: dict[str, str]) -> list[str]:
@@ -348,7 +353,7 @@ def tutorial_model(state_dict: dict | None = None):
 
 
 def _raw_train(spec: dict):
-    from cnnviz_cli.data import load_raw_split
+    from cnnviz_cli.data.datasets import load_raw_split
 
     data_dir = Path(spec["data_dir"]) if spec.get("data_dir") else None
     full = load_raw_split(spec["dataset"], "train", data_dir, offline=True)
@@ -367,13 +372,13 @@ def work_loop(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from cnnviz_cli.model import Net
+    from cnnviz_cli.models.network import Net
 
     variant, seed, epochs = spec["variant"], spec["seed"], spec["epochs"]
     rss_before = _rss_mb()
     if variant in ("tutorial", "tutorial-threads"):
         if variant == "tutorial-threads":
-            from cnnviz_cli.training import set_cpu_threads
+            from cnnviz_cli.training.device import set_cpu_threads
 
             set_cpu_threads()
         from torch.utils.data import DataLoader, random_split
@@ -411,8 +416,9 @@ def work_loop(spec: dict) -> dict:
             pass
         extra = {"data_only_seconds": time.perf_counter() - data_started}
     elif variant in ("cnnviz", "cnnviz-bf16", "cnnviz-torch-threads"):
-        from cnnviz_cli.data import load_split, to_float
-        from cnnviz_cli.training import epoch_generator, evaluate, pick_device, train_epoch
+        from cnnviz_cli.data.datasets import load_split, to_float
+        from cnnviz_cli.training.device import pick_device
+        from cnnviz_cli.training.loop import epoch_generator, evaluate, train_epoch
 
         if variant == "cnnviz-torch-threads":
             os.environ[THREADS_ENV] = str(torch.get_num_threads())
@@ -456,8 +462,8 @@ def work_eval(spec: dict) -> dict:
     """Class scores for the whole test set with a stored checkpoint, timed from uint8 images to accuracy."""
     import torch
 
-    from cnnviz_cli.checkpoint import load_checkpoint
-    from cnnviz_cli.data import load_raw_split, to_float
+    from cnnviz_cli.data.datasets import load_raw_split, to_float
+    from cnnviz_cli.store.checkpoint import load_checkpoint
 
     variant = spec["variant"]
     data_dir = Path(spec["data_dir"]) if spec.get("data_dir") else None
@@ -476,7 +482,8 @@ def work_eval(spec: dict) -> dict:
                 correct += (model(data).argmax(1) == target).sum().item()
         seconds = time.perf_counter() - started
     elif variant == "cnnviz":
-        from cnnviz_cli.training import pick_device, predict_logits
+        from cnnviz_cli.training.device import pick_device
+        from cnnviz_cli.training.loop import predict_logits
 
         pick_device("cpu")
         started = time.perf_counter()
@@ -548,7 +555,7 @@ def work_render(spec: dict) -> dict:
     import torch  # noqa: F401
 
     if spec["layers"] == "model":
-        from cnnviz_cli.checkpoint import load_checkpoint
+        from cnnviz_cli.store.checkpoint import load_checkpoint
 
         model, _ = load_checkpoint(Path(spec["checkpoint"]), "cpu")
         weights = {name: model.block(name)["conv"].weight.detach().clone() for name in model.conv_names}
@@ -586,7 +593,7 @@ def work_render(spec: dict) -> dict:
 
 def work_warm(spec: dict) -> dict:
     """Decode the test split into the cache (the setup run decoded the training split)."""
-    from cnnviz_cli.data import load_raw_split
+    from cnnviz_cli.data.datasets import load_raw_split
 
     data_dir = Path(spec["data_dir"]) if spec.get("data_dir") else None
     return {"test_size": len(load_raw_split(spec["dataset"], "test", data_dir, offline=True))}
@@ -692,7 +699,7 @@ class Bench:
 
     def tutorial_data_root(self) -> Path:
         """The IDX files uncompressed where torchvision's dataset class expects them, as its download would leave them."""
-        from cnnviz_cli.data import TORCHVISION_CLASS, locate
+        from cnnviz_cli.data.datasets import TORCHVISION_CLASS, locate
 
         root = self.workspace / "torchvision-root"
         raw = root / TORCHVISION_CLASS[self.options.dataset] / "raw"
@@ -992,7 +999,7 @@ def machine_info() -> dict:
     import torch
     import torchvision
 
-    from cnnviz_cli.training import cpu_threads
+    from cnnviz_cli.training.device import cpu_threads
 
     cpu_model = platform.processor() or platform.machine()
     try:
@@ -1158,7 +1165,7 @@ def markdown_report(doc: dict, json_name: str) -> str:
     lines = [
         "# cnnviz benchmark",
         "",
-        f"Run {doc['date']} with `python -m cnnviz_cli.bench` (full data: [{json_name}]({json_name})); "
+        f"Run {doc['date']} with `python benchmarks/bench.py` (full data: [{json_name}]({json_name})); "
         f"{o['dataset']}, first {o['limit']} training images (80/20 split), {o['epochs']} epoch(s), batch "
         f"{o['batch_size']}, {o['repeats']} interleaved pairs per figure. Each cell is the median (min–max); "
         "ratios are computed pair by pair (i-th cnnviz run against the i-th baseline run) and are > 1 when "
@@ -1186,7 +1193,7 @@ def markdown_report(doc: dict, json_name: str) -> str:
 
 def save_results(doc: dict, out_dir: Path) -> tuple[Path, Path]:
     """``<out>/<date>-<HHMM>.json`` (UTC) and ``<out>/latest.md``, written atomically."""
-    from cnnviz_cli.store import atomic_write_bytes
+    from cnnviz_cli.store.runs import atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"{doc['date'][:10]}-{doc['date'][11:13]}{doc['date'][14:16]}.json"
@@ -1201,7 +1208,7 @@ def save_results(doc: dict, out_dir: Path) -> tuple[Path, Path]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m cnnviz_cli.bench",
+        prog="python benchmarks/bench.py",
         description="Benchmark cnnviz against the tutorial's pipeline (torchvision dataset + ToTensor, "
                     "random_split, DataLoader 256; one subplot per kernel) on the same data.",
     )
@@ -1269,7 +1276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         options = options_from(args)
-        from cnnviz_cli.data import locate
+        from cnnviz_cli.data.datasets import locate
 
         for split in ("train", "test"):  # fail early, with cnnviz's own message, if the data is missing
             locate(options.dataset, split, options.data_dir, offline=True)

@@ -21,7 +21,7 @@ from cnnviz_cli.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-    from cnnviz_cli.model import Net
+    from cnnviz_cli.models.network import Net
 
 __all__ = [
     "LAYER_METHODS",

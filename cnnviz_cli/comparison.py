@@ -22,9 +22,9 @@ from cnnviz_cli.errors import GateFailed, UsageError
 if TYPE_CHECKING:
     import torch
 
-    from cnnviz_cli.checkpoint import Checkpoint
     from cnnviz_cli.evaluation import EvaluationResult
-    from cnnviz_cli.store import Run, Store
+    from cnnviz_cli.store.checkpoint import Checkpoint
+    from cnnviz_cli.store.runs import Run, Store
 
 __all__ = [
     "COMPARE_SPLITS",
@@ -282,11 +282,10 @@ def compare_runs(
     on_batch: BatchCallback | None = None,
 ) -> Comparison:
     """Evaluate both runs' final models on the same images and match their filters."""
-    from cnnviz_cli.checkpoint import load_run_model
-    from cnnviz_cli.data import check_dataset
+    from cnnviz_cli.data.datasets import check_dataset, run_split
     from cnnviz_cli.evaluation import check_data_fits, evaluate_model
-    from cnnviz_cli.inputs import run_split
-    from cnnviz_cli.training import pick_device
+    from cnnviz_cli.store.checkpoint import load_run_model
+    from cnnviz_cli.training.device import pick_device
 
     if split not in COMPARE_SPLITS:
         raise UsageError(

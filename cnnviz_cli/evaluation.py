@@ -25,9 +25,9 @@ from cnnviz_cli.errors import DataError, UsageError
 if TYPE_CHECKING:
     import torch
 
-    from cnnviz_cli.checkpoint import Checkpoint
-    from cnnviz_cli.data import Split
-    from cnnviz_cli.store import Run, Store
+    from cnnviz_cli.data.datasets import Split
+    from cnnviz_cli.store.checkpoint import Checkpoint
+    from cnnviz_cli.store.runs import Run, Store
 
 __all__ = [
     "EVALUATION_SPLITS",
@@ -263,8 +263,8 @@ def evaluate_model(
     top_mistakes: int = DEFAULT_TOP_MISTAKES,
 ) -> EvaluationResult:
     """Evaluate ``model`` on every image of ``split`` in batches under ``torch.inference_mode()``."""
-    from cnnviz_cli.data import to_float
-    from cnnviz_cli.training import predict_logits
+    from cnnviz_cli.data.datasets import to_float
+    from cnnviz_cli.training.loop import predict_logits
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}.")
@@ -343,10 +343,9 @@ def evaluate_run(
     ``dataset`` defaults to the run's own dataset; ``val`` is the run's own validation split, carved
     exactly as its training did. Nothing is written: pass the result to ``write_evaluation``.
     """
-    from cnnviz_cli.checkpoint import MODEL_FILE, load_run_model
-    from cnnviz_cli.data import check_dataset
-    from cnnviz_cli.inputs import run_split
-    from cnnviz_cli.training import pick_device
+    from cnnviz_cli.data.datasets import check_dataset, run_split
+    from cnnviz_cli.store.checkpoint import MODEL_FILE, load_run_model
+    from cnnviz_cli.training.device import pick_device
 
     check_options(split, batch_size, top_mistakes)
     if dataset is not None:
@@ -422,7 +421,7 @@ def write_evaluation(evaluation: RunEvaluation) -> EvaluationFiles:
     """Write metrics.json and the two PNGs into the run as one output transaction (all or nothing)."""
     from cnnviz_cli.plots.common import save_figure
     from cnnviz_cli.plots.evaluation import confusion_figure, mistakes_figure
-    from cnnviz_cli.store import atomic_write_json
+    from cnnviz_cli.store.runs import atomic_write_json
 
     result = evaluation.result
     section = evaluation.section

@@ -20,8 +20,8 @@ from cnnviz_cli.errors import ArtifactError, UsageError
 if TYPE_CHECKING:
     import torch
 
-    from cnnviz_cli.inputs import InputImage
-    from cnnviz_cli.store import Run
+    from cnnviz_cli.data.pictures import InputImage
+    from cnnviz_cli.store.runs import Run
 
 __all__ = [
     "FEATUREMAP_STAGE",
@@ -193,7 +193,7 @@ def initial_model(manifest: dict):
     import torch
 
     from cnnviz_cli.config import ModelConfig
-    from cnnviz_cli.model import Net
+    from cnnviz_cli.models.network import Net
 
     trained_with = (manifest.get("versions") or {}).get("torch")
     if trained_with != torch.__version__:
@@ -257,9 +257,9 @@ def load_evolution(
     """
     import torch
 
-    from cnnviz_cli.checkpoint import load_checkpoint
     from cnnviz_cli.config import ModelConfig
-    from cnnviz_cli.probe import capture_activations
+    from cnnviz_cli.models.probe import capture_activations
+    from cnnviz_cli.store.checkpoint import load_checkpoint
 
     manifest = run.manifest()
     checkpoints = epoch_checkpoints(run, manifest)

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cnnviz_cli.errors import UsageError
-from cnnviz_cli.probe import STAGES, check_stages
+from cnnviz_cli.models.probe import STAGES, check_stages
 
 if TYPE_CHECKING:
     import torch
 
-    from cnnviz_cli.inputs import InputImage
-    from cnnviz_cli.model import Net
+    from cnnviz_cli.data.pictures import InputImage
+    from cnnviz_cli.models.network import Net
 
 __all__ = [
     "STAGE_TITLES",
@@ -76,7 +76,7 @@ def capture_featuremaps(
     """
     import torch
 
-    from cnnviz_cli.probe import capture_activations, check_layers
+    from cnnviz_cli.models.probe import capture_activations, check_layers
 
     layers = check_layers(model, layers)
     stages = check_stages(stages)

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cnnviz_cli.errors import UsageError
-from cnnviz_cli.receptive import ReceptiveField, field_for
+from cnnviz_cli.models.receptive import ReceptiveField, field_for
 
 if TYPE_CHECKING:
     import torch
 
-    from cnnviz_cli.model import Net
+    from cnnviz_cli.models.network import Net
 
 __all__ = ["TopK", "LayerPatches", "RunningTopK", "top_patches", "crop", "crops_for"]
 
@@ -140,8 +140,8 @@ def top_patches(
     """
     import torch
 
-    from cnnviz_cli.data import to_float
-    from cnnviz_cli.probe import capture_activations
+    from cnnviz_cli.data.datasets import to_float
+    from cnnviz_cli.models.probe import capture_activations
 
     n = int(images.shape[0])
     if n == 0:

@@ -12,7 +12,7 @@ from helpers import REPO, assert_clean_error, cli
 PACKAGE = REPO / "cnnviz_cli"
 HEAVY = {"torch", "torchvision", "matplotlib", "captum", "PIL", "numpy", "safetensors"}
 UI = {"typer", "rich", "click"}
-UI_MODULES = {"cli.py", "console.py", "__main__.py", "bench.py"}  # bench is a tool with its own Rich table
+UI_MODULES = {"cli.py", "console.py", "__main__.py"}
 
 
 def _top_level_imports(path: Path) -> set[str]:

@@ -20,15 +20,15 @@ def _compare(store, tiny_data, a, b, *args):
 
 
 def _weights(run_dir):
-    from cnnviz_cli.checkpoint import read_tensors
+    from cnnviz_cli.store.checkpoint import read_tensors
 
     tensors, _ = read_tensors(run_dir / "model.safetensors")
     return tensors
 
 
 def _predictions(run_dir, tiny_data):
-    from cnnviz_cli.checkpoint import load_checkpoint
-    from cnnviz_cli.data import load_split, to_float
+    from cnnviz_cli.data.datasets import load_split, to_float
+    from cnnviz_cli.store.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(run_dir / "model.safetensors")
     test = load_split("mnist", "test", tiny_data)
@@ -107,8 +107,8 @@ def test_a_channel_permuted_copy_is_matched_exactly(store_copy, tiny_data):
     """
     import shutil
 
-    from cnnviz_cli.checkpoint import read_tensors, save_tensors
-    from cnnviz_cli.store import Run, Store
+    from cnnviz_cli.store.checkpoint import read_tensors, save_tensors
+    from cnnviz_cli.store.runs import Run, Store
 
     store, run_a = store_copy
     run_b = run_a + "-shuffled"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import assert_clean_error, cli, shared_data, synthetic_images, tree_digest, write_dataset
 
-from cnnviz_cli import data
+from cnnviz_cli.data import datasets as data
 from cnnviz_cli.errors import DataError, UsageError
 
 

@@ -17,7 +17,7 @@ def _run_json(*args):
 
 
 def _layer_weights(run_dir, epoch, layer="conv1"):
-    from cnnviz_cli.checkpoint import read_tensors
+    from cnnviz_cli.store.checkpoint import read_tensors
 
     tensors, _ = read_tensors(run_dir / f"checkpoints/epoch-{epoch:03d}.safetensors")
     return tensors[f"{layer}.weight"].double()

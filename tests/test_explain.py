@@ -9,7 +9,7 @@ import torch
 from helpers import assert_clean_error, cli, tree_digest
 
 from cnnviz_cli.attributions import METHODS, check_methods, check_target
-from cnnviz_cli.data import CLASS_NAMES
+from cnnviz_cli.data.datasets import CLASS_NAMES
 from cnnviz_cli.errors import UsageError
 
 
@@ -20,9 +20,9 @@ def _explain(artifacts, tiny_data, *args):
 
 
 def _model_and_image(artifacts, run_id, tiny_data, index):
-    from cnnviz_cli.checkpoint import load_run_model
-    from cnnviz_cli.data import load_split, to_float
-    from cnnviz_cli.store import Store
+    from cnnviz_cli.data.datasets import load_split, to_float
+    from cnnviz_cli.store.checkpoint import load_run_model
+    from cnnviz_cli.store.runs import Store
 
     model, _ = load_run_model(Store(artifacts).get_complete(run_id))
     images = load_split("mnist", "test", tiny_data, offline=True).images
@@ -30,7 +30,7 @@ def _model_and_image(artifacts, run_id, tiny_data, index):
 
 
 def _tensors(path):
-    from cnnviz_cli.checkpoint import read_tensors
+    from cnnviz_cli.store.checkpoint import read_tensors
 
     return read_tensors(path)
 
@@ -182,7 +182,7 @@ def test_an_all_zero_gradcam_is_reported():
     # Hand-made weights: conv2's ReLU output is positive everywhere and every class weight is negative,
     # so the channel weights are negative and Grad-CAM's final ReLU leaves nothing.
     from cnnviz_cli.attributions import explain
-    from cnnviz_cli.model import Net
+    from cnnviz_cli.models.network import Net
 
     torch.manual_seed(0)
     model = Net()

@@ -14,8 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from cnnviz_cli.featuremaps import capture_featuremaps, top_channels
-from cnnviz_cli.model import Net
-from cnnviz_cli.probe import capture_activations
+from cnnviz_cli.models.network import Net
+from cnnviz_cli.models.probe import capture_activations
 
 TEST_IMAGES, TEST_LABELS = synthetic_images(200, 1)  # the tiny_data test split, written by helpers
 

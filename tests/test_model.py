@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from cnnviz_cli.config import ModelConfig
 from cnnviz_cli.errors import UsageError
-from cnnviz_cli.model import Net
-from cnnviz_cli.probe import capture_activations
+from cnnviz_cli.models.network import Net
+from cnnviz_cli.models.probe import capture_activations
 
 
 def _literal_forward(model: Net, x: torch.Tensor) -> torch.Tensor:

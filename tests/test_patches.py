@@ -9,8 +9,8 @@ import torch
 from helpers import assert_clean_error, cli, tree_digest
 
 from cnnviz_cli.config import ModelConfig
+from cnnviz_cli.models.receptive import field_for
 from cnnviz_cli.patches import RunningTopK, crop, top_patches
-from cnnviz_cli.receptive import field_for
 
 
 def _brute_force(activations: torch.Tensor, k: int) -> list[list[tuple[int, int, int, float]]]:
@@ -59,17 +59,17 @@ def test_crop_is_the_input_window_padded_with_nan():
 
 
 def _model_and_test_images(artifacts, run_id, tiny_data):
-    from cnnviz_cli.checkpoint import load_run_model
-    from cnnviz_cli.data import load_split
-    from cnnviz_cli.store import Store
+    from cnnviz_cli.data.datasets import load_split
+    from cnnviz_cli.store.checkpoint import load_run_model
+    from cnnviz_cli.store.runs import Store
 
     model, _ = load_run_model(Store(artifacts).get_complete(run_id))
     return model, load_split("mnist", "test", tiny_data, offline=True).images
 
 
 def _relu_activations(model, images) -> dict[str, torch.Tensor]:
-    from cnnviz_cli.data import to_float
-    from cnnviz_cli.probe import capture_activations
+    from cnnviz_cli.data.datasets import to_float
+    from cnnviz_cli.models.probe import capture_activations
 
     with torch.no_grad(), capture_activations(model, model.conv_names, ["relu"]) as captured:
         model(to_float(images))

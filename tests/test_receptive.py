@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cnnviz_cli.config import ModelConfig
-from cnnviz_cli.model import Net
-from cnnviz_cli.receptive import field_for, receptive_fields
+from cnnviz_cli.models.network import Net
+from cnnviz_cli.models.receptive import field_for, receptive_fields
 
 
 def test_default_model_by_hand():

@@ -14,9 +14,9 @@ and say in the commit message which outputs changed and why (`git diff tests/gol
 What is normalised, and why (everything else is compared exactly):
 - The clock is frozen in the store (the only module that reads it), so run ids (`<date>-<time>`) are
   the same every time: they appear in figure titles, so without this no PNG would be stable.
-- JSON keys that record times, durations, dates, absolute paths or the process (``seconds``,
-  ``created``, ``updated``, ``owner``, ``run_dir``, ...) are dropped; the store's folder is replaced by
-  ``<STORE>`` and the data folder by ``<DATA>`` in every remaining string.
+- JSON keys that record times, durations or the process (``seconds*``, ``created``, ``updated``,
+  ``owner``) and file sizes (``bytes``: a file holding a duration changes size) are dropped; the
+  store's folder is replaced by ``<STORE>`` and the data folder by ``<DATA>`` in every string.
 - ``*sha256`` values are dropped from JSON: they hash files that are themselves compared here.
 - safetensors files are compared by their tensors (name, dtype, shape, bytes) and metadata, not their
   raw bytes: the writer (a Rust hash map) emits the metadata keys in a random order on every save.
@@ -44,8 +44,10 @@ from helpers import cli, write_dataset
 GOLDEN = Path(__file__).parent / "golden" / "outputs.json"
 UPDATE = os.environ.get("CNNVIZ_UPDATE_GOLDEN", "") not in ("", "0")
 
-# Keys whose values depend on the clock or the process, not on the code (plus every "seconds..." key).
-VOLATILE_KEYS = {"created", "updated", "owner"}
+# Keys whose values depend on the clock or the process, not on the code (plus every "seconds..." key);
+# "bytes" is a file's size, and files that record durations (history.csv, comparison.json, report.html)
+# change size with the number of digits of a duration: the files themselves are compared below.
+VOLATILE_KEYS = {"created", "updated", "owner", "bytes"}
 SHA256 = re.compile(rb"[0-9a-f]{64}")
 # A row of the report's training table: epoch, 4 metrics, then the epoch's duration in seconds.
 HISTORY_ROW_SECONDS = re.compile(
@@ -151,7 +153,7 @@ def _digest_file(path: Path, replacements: dict[str, str]) -> str:
 def _run_every_command(root: Path, monkeypatch) -> dict:
     import sys
 
-    from cnnviz_cli.store import Store
+    from cnnviz_cli.store.runs import Store
 
     monkeypatch.setattr(sys.modules[Store.__module__], "datetime", _FrozenDatetime)
     monkeypatch.setenv("CNNVIZ_THREADS", "1")

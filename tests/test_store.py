@@ -9,7 +9,7 @@ import pytest
 from helpers import tree_digest
 
 from cnnviz_cli.errors import ArtifactError, StoreWriteError, UsageError
-from cnnviz_cli.store import Store, atomic_write_bytes, atomic_write_json, validate_run_id
+from cnnviz_cli.store.runs import Store, atomic_write_bytes, atomic_write_json, validate_run_id
 
 
 def test_atomic_write_leaves_only_the_final_file(tmp_path):
@@ -28,7 +28,7 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("disk on fire")
 
-    from cnnviz_cli.store import atomic_write
+    from cnnviz_cli.store.runs import atomic_write
 
     with pytest.raises(RuntimeError):
         atomic_write(target, broken)

@@ -41,7 +41,7 @@ def main(
     """
     from cnnviz_cli import console
     from cnnviz_cli.comparison import check_gate, compare_runs, gate_error, parse_delta
-    from cnnviz_cli.store import Store
+    from cnnviz_cli.store.runs import Store
 
     delta = parse_delta(fail_below)
     store = Store.from_option(artifacts)
@@ -72,7 +72,7 @@ def main(
 def _write(comparison, gate) -> dict:
     from cnnviz_cli.plots.common import save_figure
     from cnnviz_cli.plots.compare import confusion_difference_figure, matched_filters_figure, per_class_figure
-    from cnnviz_cli.store import atomic_write_json
+    from cnnviz_cli.store.runs import atomic_write_json
 
     a, b = comparison.run_a.id, comparison.run_b.id
     base = f"compare/{a}"

@@ -51,7 +51,7 @@ def main(
     """
     from cnnviz_cli import console
     from cnnviz_cli.evaluation import check_options, evaluate_run, write_evaluation
-    from cnnviz_cli.store import Store
+    from cnnviz_cli.store.runs import Store
 
     check_options(split, batch_size, top_mistakes)
     store = Store.from_option(artifacts)

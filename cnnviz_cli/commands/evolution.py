@@ -59,10 +59,10 @@ def main(
     Example: cnnviz evolution --layer conv1 --image 7
     """
     from cnnviz_cli import console
-    from cnnviz_cli.data import SPLITS
+    from cnnviz_cli.data.datasets import SPLITS
     from cnnviz_cli.errors import UsageError
     from cnnviz_cli.evolution import epoch_checkpoints
-    from cnnviz_cli.store import Store
+    from cnnviz_cli.store.runs import Store
 
     if fmt not in FORMATS:
         raise UsageError(f"Unknown --format '{fmt}'.", f"Choose one of: {', '.join(FORMATS)}.")
@@ -81,7 +81,7 @@ def main(
 
     picture = None
     if image is not None:
-        from cnnviz_cli.inputs import resolve_image
+        from cnnviz_cli.data.pictures import resolve_image
 
         picture = resolve_image(image, manifest, split=split, data_dir=data_dir, offline=offline, invert=invert)
         for note in picture.notes:
@@ -141,7 +141,7 @@ def _write(the_run, evolution, *, fmt: str, split: str, image_spec: str | None, 
         strip_figure,
         weights_frame,
     )
-    from cnnviz_cli.store import atomic_write_bytes, atomic_write_json
+    from cnnviz_cli.store.runs import atomic_write_bytes, atomic_write_json
 
     layer, run_id = evolution.layer, evolution.run_id
     epochs = evolution.epochs

@@ -61,7 +61,7 @@ def main(
     """
     from cnnviz_cli import console
     from cnnviz_cli.attributions import LAYER_METHODS, check_methods, check_target, explain
-    from cnnviz_cli.data import SPLITS
+    from cnnviz_cli.data.datasets import SPLITS
     from cnnviz_cli.errors import UsageError
 
     chosen = check_methods(methods)
@@ -74,14 +74,14 @@ def main(
 
     import json
 
-    from cnnviz_cli.checkpoint import load_run_model, save_tensors
+    from cnnviz_cli.data.pictures import resolve_image
     from cnnviz_cli.featuremaps import image_slug, single_threaded
-    from cnnviz_cli.inputs import resolve_image
+    from cnnviz_cli.models.probe import check_layers
     from cnnviz_cli.plots.common import save_figure
     from cnnviz_cli.plots.explain import explain_figure
     from cnnviz_cli.plots.filters import gc_paused
-    from cnnviz_cli.probe import check_layers
-    from cnnviz_cli.store import Store
+    from cnnviz_cli.store.checkpoint import load_run_model, save_tensors
+    from cnnviz_cli.store.runs import Store
 
     store = Store.from_option(artifacts)
     run = store.get_complete(run_id)

@@ -74,10 +74,10 @@ def main(
 
 def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, artifacts, json_out, quiet) -> None:
     from cnnviz_cli import console
-    from cnnviz_cli.data import SPLITS
+    from cnnviz_cli.data.datasets import SPLITS
     from cnnviz_cli.errors import UsageError
     from cnnviz_cli.featuremaps import parse_stages
-    from cnnviz_cli.store import Store
+    from cnnviz_cli.store.runs import Store
 
     stages = parse_stages(stage)
     if top is not None and top < 1:
@@ -87,12 +87,12 @@ def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, ar
     run = Store.from_option(artifacts).get_complete(run_id)
     manifest = run.manifest()
 
-    from cnnviz_cli.checkpoint import MODEL_FILE, load_run_model, save_tensors
+    from cnnviz_cli.data.pictures import resolve_image
     from cnnviz_cli.featuremaps import STAGE_TITLES, capture_featuremaps, image_slug, top_channels
-    from cnnviz_cli.inputs import resolve_image
+    from cnnviz_cli.models.probe import STAGES, check_layers
     from cnnviz_cli.plots.featuremaps import featuremap_figure, overview_figure
     from cnnviz_cli.plots.filters import save_png
-    from cnnviz_cli.probe import STAGES, check_layers
+    from cnnviz_cli.store.checkpoint import MODEL_FILE, load_run_model, save_tensors
 
     model, checkpoint = load_run_model(run, "cpu")
     layers = check_layers(model, layer)

@@ -56,7 +56,7 @@ def _main(run_id, layer, normalize, max_filters, artifacts, json_out, quiet) -> 
     from cnnviz_cli import console
     from cnnviz_cli.errors import UsageError
     from cnnviz_cli.filters import NORMALIZE
-    from cnnviz_cli.store import Store
+    from cnnviz_cli.store.runs import Store
 
     if normalize not in NORMALIZE:
         raise UsageError(f"Unknown --normalize value '{normalize}'.", f"Choose one of: {', '.join(NORMALIZE)}.")
@@ -64,10 +64,10 @@ def _main(run_id, layer, normalize, max_filters, artifacts, json_out, quiet) -> 
         raise UsageError(f"--max-filters must be at least 1, got {max_filters}.")
     run = Store.from_option(artifacts).get_complete(run_id)
 
-    from cnnviz_cli.checkpoint import MODEL_FILE, load_run_model
     from cnnviz_cli.filters import layer_weight, tile_kernels
+    from cnnviz_cli.models.probe import check_layers
     from cnnviz_cli.plots.filters import filter_figure, filter_title, save_png
-    from cnnviz_cli.probe import check_layers
+    from cnnviz_cli.store.checkpoint import MODEL_FILE, load_run_model
 
     model, checkpoint = load_run_model(run, "cpu")
     layers = check_layers(model, layer)

@@ -54,14 +54,14 @@ def main(
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}.")
 
-    from cnnviz_cli.checkpoint import load_run_model
-    from cnnviz_cli.inputs import run_split
+    from cnnviz_cli.data.datasets import run_split
+    from cnnviz_cli.models.probe import check_layers
+    from cnnviz_cli.models.receptive import receptive_fields
     from cnnviz_cli.patches import STAGE, top_patches
     from cnnviz_cli.plots.common import save_figure
     from cnnviz_cli.plots.patches import patches_figure
-    from cnnviz_cli.probe import check_layers
-    from cnnviz_cli.receptive import receptive_fields
-    from cnnviz_cli.store import Store, atomic_write_json
+    from cnnviz_cli.store.checkpoint import load_run_model
+    from cnnviz_cli.store.runs import Store, atomic_write_json
 
     store = Store.from_option(artifacts)
     run = store.get_complete(run_id)

@@ -30,8 +30,9 @@ def main(
     Example: cnnviz report --open
     """
     from cnnviz_cli import console
-    from cnnviz_cli.report import REPORT_FILE, build_report, check_images, render_html
-    from cnnviz_cli.store import Store, atomic_write_bytes
+    from cnnviz_cli.report.collect import REPORT_FILE, build_report, check_images
+    from cnnviz_cli.report.render import render_html
+    from cnnviz_cli.store.runs import Store, atomic_write_bytes
 
     check_images(images)
     store = Store.from_option(artifacts)

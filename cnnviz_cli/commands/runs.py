@@ -15,7 +15,7 @@ def main(artifacts: ArtifactsOpt = None, json_out: JsonOpt = False) -> None:
     A run whose training process died shows as 'stale'; only 'complete' runs are used by default.
     """
     from cnnviz_cli import console
-    from cnnviz_cli.store import Store
+    from cnnviz_cli.store.runs import Store
 
     store = Store.from_option(artifacts)
     runs = store.runs()

@@ -60,8 +60,8 @@ def main(
     Example: cnnviz train --dataset fashion-mnist --epochs 10
     """
     from cnnviz_cli.config import ModelConfig, TrainConfig
-    from cnnviz_cli.data import check_dataset
-    from cnnviz_cli.store import Store
+    from cnnviz_cli.data.datasets import check_dataset
+    from cnnviz_cli.store.runs import Store
 
     config = TrainConfig(
         dataset=check_dataset(dataset),
@@ -79,7 +79,7 @@ def main(
     store = Store.from_option(artifacts)
 
     from cnnviz_cli import console
-    from cnnviz_cli.trainer import train_run
+    from cnnviz_cli.training.run import train_run
 
     started = time.perf_counter()
     progress = _make_progress(quiet)
@@ -143,7 +143,7 @@ def _summary(result, elapsed: float):
 def _make_progress(quiet: bool):
     """A TrainProgress that draws a live bar on a terminal and plain lines otherwise."""
     from cnnviz_cli import console
-    from cnnviz_cli.trainer import TrainProgress
+    from cnnviz_cli.training.run import TrainProgress
 
     class RichTrainProgress(TrainProgress):
         def __init__(self) -> None:

@@ -159,7 +159,7 @@ def load_raw_split(dataset: str, split: str, data_dir: Path | None = None, offli
     import torch
     from safetensors.torch import load_file, save_file
 
-    from cnnviz_cli.store import atomic_write, sha256_file
+    from cnnviz_cli.store.runs import atomic_write, sha256_file
 
     images_path, labels_path = locate(dataset, split, data_dir, offline)
     key = hashlib.sha256((sha256_file(images_path) + sha256_file(labels_path)).encode()).hexdigest()[:24]
@@ -231,3 +231,31 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     import torch
 
     return images.unsqueeze(1).to(torch.float32).div_(255.0)
+
+
+def run_split(
+    manifest: dict,
+    split: str,
+    *,
+    dataset: str | None = None,
+    data_dir: Path | None = None,
+    offline: bool = False,
+) -> Split:
+    """A split of the run's dataset; 'train' and 'val' are carved exactly as the run's training did.
+
+    Without ``data_dir``, the folder the run was trained from (if it still exists) is tried first.
+    """
+    options = manifest.get("options") or {}
+    run_dataset = manifest.get("dataset") or "mnist"
+    remembered = manifest.get("data_dir")
+    if data_dir is None and remembered and (dataset in (None, run_dataset)) and Path(remembered).is_dir():
+        data_dir = Path(remembered)
+    return load_split(
+        check_dataset(dataset or run_dataset),
+        split,
+        data_dir,
+        offline,
+        val_fraction=float(options.get("val_fraction", 0.2)),
+        seed=int(options.get("seed", 0)),
+        limit=options.get("limit"),
+    )

@@ -11,7 +11,7 @@ from cnnviz_cli.errors import DataError, UsageError
 if TYPE_CHECKING:
     import torch
 
-    from cnnviz_cli.data import Split
+    from cnnviz_cli.data.datasets import Split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -27,43 +27,13 @@ class InputImage:
     notes: list[str] = field(default_factory=list)
 
 
-def run_split(
-    manifest: dict,
-    split: str,
-    *,
-    dataset: str | None = None,
-    data_dir: Path | None = None,
-    offline: bool = False,
-) -> Split:
-    """A split of the run's dataset; 'train' and 'val' are carved exactly as the run's training did.
-
-    Without ``data_dir``, the folder the run was trained from (if it still exists) is tried first.
-    """
-    from cnnviz_cli.data import check_dataset, load_split
-
-    options = manifest.get("options") or {}
-    run_dataset = manifest.get("dataset") or "mnist"
-    remembered = manifest.get("data_dir")
-    if data_dir is None and remembered and (dataset in (None, run_dataset)) and Path(remembered).is_dir():
-        data_dir = Path(remembered)
-    return load_split(
-        check_dataset(dataset or run_dataset),
-        split,
-        data_dir,
-        offline,
-        val_fraction=float(options.get("val_fraction", 0.2)),
-        seed=int(options.get("seed", 0)),
-        limit=options.get("limit"),
-    )
-
-
 def is_index(spec: str) -> bool:
     return spec.strip().lstrip("-").isdigit()
 
 
 def from_split(split: Split, spec: str) -> InputImage:
     """Image number ``spec`` of ``split``; out-of-range indices are refused with the valid range."""
-    from cnnviz_cli.data import to_float
+    from cnnviz_cli.data.datasets import to_float
 
     index = int(spec)
     if not 0 <= index < len(split):
@@ -85,7 +55,7 @@ def from_file(path: Path, *, size: int = 28, invert: bool = False) -> InputImage
     import torch
     from PIL import Image, UnidentifiedImageError
 
-    from cnnviz_cli.store import sha256_file
+    from cnnviz_cli.store.runs import sha256_file
 
     if not path.exists():
         raise DataError(f"{path} does not exist.", "Pass an image index such as 7, or the path of a PNG or JPEG file.")
@@ -141,6 +111,8 @@ def resolve_image(
 ) -> InputImage:
     """``spec`` is an index into ``split`` of the run's dataset, or a path to a picture."""
     if is_index(spec):
+        from cnnviz_cli.data.datasets import run_split
+
         if invert:
             raise UsageError("--invert applies to your own pictures, not to dataset images.")
         return from_split(run_split(manifest, split, dataset=dataset, data_dir=data_dir, offline=offline), spec)

@@ -11,7 +11,7 @@ from cnnviz_cli.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-    from cnnviz_cli.model import Net
+    from cnnviz_cli.models.network import Net
 
 STAGES = ("conv", "relu", "pool")
 

@@ -23,7 +23,7 @@ def new_figure(width: float, height: float) -> Figure:
 
 def save_figure(figure: Figure, path: Path, dpi: int = DPI) -> Path:
     """Write ``figure`` as a PNG atomically; metadata without a timestamp keeps the bytes reproducible."""
-    from cnnviz_cli.store import atomic_write
+    from cnnviz_cli.store.runs import atomic_write
 
     return atomic_write(
         Path(path),

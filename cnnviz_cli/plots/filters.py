@@ -228,7 +228,7 @@ def save_png(figure: Figure, path: Path | str, record: dict | None = None) -> Pa
     """
     import json
 
-    from cnnviz_cli.store import atomic_write
+    from cnnviz_cli.store.runs import atomic_write
 
     metadata = {"Software": "cnnviz"}
     if record:

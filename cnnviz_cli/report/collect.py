@@ -27,9 +27,9 @@ from cnnviz_cli.errors import ArtifactError, DataError, UsageError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
 
-    from cnnviz_cli.store import Run
+    from cnnviz_cli.store.runs import Run
 
-__all__ = ["MAX_IMAGES", "REPORT_FILE", "Report", "build_report", "check_images", "render_html"]
+__all__ = ["MAX_IMAGES", "REPORT_FILE", "Report", "build_report", "check_images"]
 
 REPORT_FILE = "report/report.html"
 MAX_IMAGES = 12
@@ -514,7 +514,7 @@ class _Computer:
     @property
     def model(self):
         if self._model is None:
-            from cnnviz_cli.checkpoint import load_run_model
+            from cnnviz_cli.store.checkpoint import load_run_model
 
             self._model, self._checkpoint = load_run_model(self.run, "cpu")
         return self._model
@@ -526,7 +526,7 @@ class _Computer:
 
     def split(self):
         if self._split is None and self._split_error is None:
-            from cnnviz_cli.inputs import run_split
+            from cnnviz_cli.data.datasets import run_split
 
             try:
                 self._split = run_split(self.manifest, "test", data_dir=self.data_dir, offline=self.offline)
@@ -593,8 +593,8 @@ class _Computer:
                 section.status = "missing"
                 section.missing = f"cnnviz featuremaps --image 0 --run {self.run.id}"
             return section
+        from cnnviz_cli.data.pictures import from_split
         from cnnviz_cli.featuremaps import capture_featuremaps
-        from cnnviz_cli.inputs import from_split
         from cnnviz_cli.plots.featuremaps import overview_figure
 
         shown = {p.source.split("/")[1] for p in section.pictures if p.source.startswith("featuremaps/")}
@@ -634,7 +634,7 @@ def build_report(
     on_step: StepCallback | None = None,
 ) -> Report:
     """Collect (and where needed compute) every part of the report of ``run``; nothing is written."""
-    from cnnviz_cli.store import utc_now
+    from cnnviz_cli.store.runs import utc_now
 
     check_images(images)
     step = on_step or (lambda _name: None)
@@ -692,20 +692,3 @@ def _mark_repeated_provenance(section: Section) -> None:
             picture.same_as = first_with[key]
         else:
             first_with[key] = picture.title
-
-
-def render_html(report: Report) -> str:
-    """The report as one HTML5 document (template ``templates/report.html.j2``, autoescaped)."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-    from cnnviz_cli import __version__
-
-    env = Environment(
-        loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    return env.get_template("report.html.j2").render(report=report, version=__version__)

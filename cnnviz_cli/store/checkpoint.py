@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 from cnnviz_cli.config import PREPROCESSING, ModelConfig
 from cnnviz_cli.errors import ArtifactError
-from cnnviz_cli.store import Run, atomic_write, sha256_file
+from cnnviz_cli.store.runs import Run, atomic_write, sha256_file
 
 if TYPE_CHECKING:
     import torch
 
-    from cnnviz_cli.model import Net
+    from cnnviz_cli.models.network import Net
 
 FORMAT = "cnnviz-checkpoint/1"
 MODEL_FILE = "model.safetensors"
@@ -83,7 +83,7 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Net, Checkpoint]:
     """Rebuild the model a checkpoint describes and load its weights (strictly)."""
-    from cnnviz_cli.model import Net
+    from cnnviz_cli.models.network import Net
 
     tensors, metadata = read_tensors(path)
     if metadata.get("format") != FORMAT:

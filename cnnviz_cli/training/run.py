@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 
 from cnnviz_cli import __version__
-from cnnviz_cli.checkpoint import MODEL_FILE, load_checkpoint, read_tensors, save_checkpoint, save_tensors
 from cnnviz_cli.config import TrainConfig
-from cnnviz_cli.data import CLASS_NAMES, load_split, to_float
+from cnnviz_cli.data.datasets import CLASS_NAMES, load_split, to_float
 from cnnviz_cli.errors import ArtifactError, Interrupted, UsageError
-from cnnviz_cli.model import Net
-from cnnviz_cli.store import Run, Store, atomic_write_bytes, effective_status, utc_now
-from cnnviz_cli.training import EpochStats, epoch_generator, evaluate, pick_device, train_epoch
+from cnnviz_cli.models.network import Net
+from cnnviz_cli.store.checkpoint import MODEL_FILE, load_checkpoint, read_tensors, save_checkpoint, save_tensors
+from cnnviz_cli.store.runs import Run, Store, atomic_write_bytes, effective_status, utc_now
+from cnnviz_cli.training.device import pick_device
+from cnnviz_cli.training.loop import EpochStats, epoch_generator, evaluate, train_epoch
 
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"

@@ -1,0 +1,1 @@
+"""Data: datasets, splits, the decoded cache, and the user's own pictures."""

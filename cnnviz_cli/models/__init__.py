@@ -1,0 +1,1 @@
+"""The networks: building them, hooks and probing, receptive fields."""

@@ -1,0 +1,1 @@
+"""The artifact store: run folders, manifests, atomic writes, staging, checkpoints."""

@@ -1,0 +1,101 @@
+"""Where and how the math runs: the device, CPU threads, the channels-last layout and autocast."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from cnnviz_cli.errors import UsageError
+
+THREADS_ENV = "CNNVIZ_THREADS"
+
+
+def cpu_threads() -> int:
+    """How many threads CPU math should use: ``$CNNVIZ_THREADS`` if set, else every core this process
+    may run on.
+
+    On an idle machine two threads train this CNN about 1.5× faster than one; on a machine whose other
+    processes keep the cores busy, a thread that waits for its core stalls every parallel region, and
+    ``CNNVIZ_THREADS=1`` is the faster choice (see benchmarks/). The count depends only on the machine,
+    never on its current load, because it changes the low-order bits of the results and "same seed,
+    same run" must hold.
+    """
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            raise UsageError(f"${THREADS_ENV} must be a whole number, got '{value}'.") from None
+        if threads < 1:
+            raise UsageError(f"${THREADS_ENV} must be at least 1, got {threads}.")
+        return threads
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores)
+
+
+def set_cpu_threads() -> int:
+    """Apply ``cpu_threads()`` unless the user chose a count with ``OMP_NUM_THREADS``; returns the count."""
+    if THREADS_ENV in os.environ or "OMP_NUM_THREADS" not in os.environ:
+        threads = cpu_threads()
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' picks CUDA, then MPS, then CPU; an explicit device must exist. On the CPU the thread count
+    is set with ``set_cpu_threads``."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        set_cpu_threads()
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but no CUDA device is available.", "Use --device cpu.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps was asked for, but MPS is not available.", "Use --device cpu.")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"Unknown device '{name}'.", "Choose one of: auto, cpu, cuda, mps.")
+    if name == "cpu":
+        set_cpu_threads()
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def channels_last(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """On the CPU, hold the model's 4-D weights channels-last for the duration, then restore them.
+
+    Why: with channels-last weights oneDNN keeps the activations NHWC, where max-pooling is about 8×
+    faster than in NCHW and bf16 convolutions can use AMX; the parameters stay the same objects (only
+    their storage layout changes), so an optimizer holding them is unaffected, and checkpoints are
+    written contiguous. Forward hooks see NHWC activations inside the block (``.reshape``, not ``.view``).
+    """
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    # Under inference mode the converted weights would become inference tensors: leave them alone.
+    if device.type != "cpu" or not weights or torch.is_inference_mode_enabled() or all(map(_is_nhwc, weights)):
+        yield
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
+def _is_nhwc(tensor: torch.Tensor) -> bool:
+    return tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
