@@ -1,7 +1,15 @@
-"""All terminal output: one Rich console on stderr, progress, tables, and JSON on stdout.
+"""All terminal output: results on stdout, messages on stderr, one JSON document under ``--json``.
 
-Human output goes to stderr so that stdout carries nothing but the JSON document under ``--json``.
-Colours and live bars appear only on a terminal; Rich honours ``NO_COLOR`` itself.
+A command's result (tables, summaries, the list of files it wrote) goes through :func:`result` to
+stdout, so that ``cnnviz runs > runs.txt`` and ``cnnviz runs | grep complete`` work; progress, notes,
+warnings and errors go through :func:`info`, :func:`warn` and :func:`error` to stderr. Under ``--json``
+stdout carries the JSON document alone and the human result moves to stderr.
+
+Nothing a user copies is ever cut: text is never hard-wrapped (a long path stays on one line; a
+terminal folds it only on screen), tables are as wide as they need to be when the output is not a
+terminal, and on a narrow terminal they fold their text columns at spaces but keep every word (path,
+run id, status, number) whole. Colours and live bars appear only on a terminal; Rich honours
+``NO_COLOR`` itself.
 """
 
 from __future__ import annotations
@@ -9,11 +17,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -24,21 +33,98 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
-_console: Console | None = None
+# Width used for output that is not a terminal: wide enough that nothing is ever wrapped.
+UNWRAPPED = 100_000
+
+_consoles: dict[str, Console] = {}
+_json_mode = False
+
+
+def _get(stream: str) -> Console:
+    if stream not in _consoles:
+        _consoles[stream] = Console(stderr=stream == "stderr", highlight=False, soft_wrap=False)
+    return _consoles[stream]
 
 
 def console() -> Console:
-    """The one stderr console (recreated per process; tests get a fresh one via ``reset_console``)."""
-    global _console
-    if _console is None:
-        _console = Console(stderr=True, highlight=False, soft_wrap=False)
-    return _console
+    """The stderr console, for messages and progress (recreated per process and by ``reset_console``)."""
+    return _get("stderr")
+
+
+def result_console() -> Console:
+    """Where a command's result goes: stdout, or stderr while a JSON document owns stdout."""
+    return _get("stderr" if _json_mode else "stdout")
+
+
+def set_json_mode(enabled: bool) -> None:
+    """Under ``--json`` stdout is reserved for the one document; results are shown on stderr instead."""
+    global _json_mode
+    _json_mode = bool(enabled)
 
 
 def reset_console() -> None:
-    global _console
-    _console = None
+    _consoles.clear()
+    set_json_mode(False)
+
+
+def result(*items: RenderableType) -> None:
+    """Print a command's result: strings as unwrapped lines (Rich markup allowed), tables whole."""
+    _print(result_console(), items)
+
+
+def _print(target: Console, items: Sequence[RenderableType]) -> None:
+    for item in items:
+        if isinstance(item, Table):
+            _print_table(target, item)
+        else:
+            target.print(item, soft_wrap=True)
+
+
+def _cell_text(cell: RenderableType) -> str:
+    if isinstance(cell, Text):
+        return cell.plain
+    return Text.from_markup(cell).plain if isinstance(cell, str) else ""
+
+
+def _words(text: str) -> list[str]:
+    """The parts of a cell that must stay whole (leading spaces stick to the first word)."""
+    return re.findall(r"^\s*\S+|\S+", text)
+
+
+def _print_table(target: Console, table: Table) -> None:
+    """Print a table without cutting any value: see the module docstring.
+
+    Title and caption are printed as unwrapped lines of their own (Rich would wrap them to the table's
+    width). A column whose cells are all single words never wraps; no column gets narrower than its
+    longest word; if even that does not fit the terminal, the table is drawn wider than the terminal
+    rather than cut.
+    """
+    for column in table.columns:
+        cells = [_words(_cell_text(cell)) for cell in column.cells]
+        longest = max((len(word) for words in cells for word in words), default=0)
+        column.min_width = max(column.min_width or 0, longest)
+        if all(len(words) <= 1 for words in cells):
+            column.no_wrap = True
+    title, caption = table.title, table.caption
+    table.title = table.caption = None
+    try:
+        if title:
+            target.print(Text.from_markup(title, style="table.title") if isinstance(title, str) else title,
+                         soft_wrap=True)
+        width = target.width if target.is_terminal else UNWRAPPED
+        minimum = table.__rich_measure__(target, target.options.update_width(UNWRAPPED)).minimum
+        if minimum > width:  # Rich would crush some column to nothing: draw wider and let the terminal fold
+            width = minimum
+        sized = Console(file=target.file, width=width, color_system=target.color_system,
+                        force_terminal=target.is_terminal, no_color=target.no_color, highlight=False)
+        sized.print(table, crop=False)
+        if caption:
+            target.print(Text.from_markup(caption, style="table.caption") if isinstance(caption, str) else caption,
+                         soft_wrap=True)
+    finally:
+        table.title, table.caption = title, caption
 
 
 def debug_enabled() -> bool:
@@ -51,9 +137,10 @@ def emit_json(document: object) -> None:
     sys.stdout.flush()
 
 
-def info(message: str, quiet: bool = False) -> None:
+def info(message: RenderableType, quiet: bool = False) -> None:
+    """A message for the user on stderr (progress, notes): never part of the result."""
     if not quiet:
-        console().print(message)
+        _print(console(), [message])
 
 
 def warn(message: str) -> None:
@@ -70,13 +157,13 @@ def fmt_pct(value: float) -> str:
 
 def table(title: str | None, columns: Sequence[str | tuple[str, str]], rows: Iterable[Sequence[object]]) -> Table:
     """A Rich table; a column given as (name, 'right') is right-aligned."""
-    result = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+    made = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
     for column in columns:
         name, justify = column if isinstance(column, tuple) else (column, "left")
-        result.add_column(name, justify=justify)
+        made.add_column(name, justify=justify, overflow="fold")
     for row in rows:
-        result.add_row(*(str(cell) for cell in row))
-    return result
+        made.add_row(*(str(cell) for cell in row))
+    return made
 
 
 class StepProgress:

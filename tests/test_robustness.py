@@ -124,7 +124,7 @@ def test_sigkill_leaves_a_stale_run_that_is_never_latest_and_can_be_resumed(stor
     killed = [r for r in runs if r["run_id"] != complete_id]
     assert len(killed) == 1 and killed[0]["status"] == "stale"
     assert _latest(store) == complete_id
-    assert "stale" in cli("runs", "--artifacts", store).stderr
+    assert "stale" in cli("runs", "--artifacts", store).stdout
 
     result = cli("evaluate", "--artifacts", store, "--run", killed[0]["run_id"], "--data-dir", tiny_data)
     assert_clean_error(result, 4, "stale, not complete", "--resume")

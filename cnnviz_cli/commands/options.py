@@ -21,9 +21,22 @@ RunOpt = Annotated[
     str | None,
     typer.Option("--run", help="Run id (see `cnnviz runs`). (default: the latest complete run)", show_default=False),
 ]
+
+
+def _json_mode(value: bool) -> bool:
+    from cnnviz_cli import console
+
+    console.set_json_mode(value)
+    return value
+
+
 JsonOpt = Annotated[
     bool,
-    typer.Option("--json", help="Print exactly one JSON document on stdout; human output goes to stderr."),
+    typer.Option(
+        "--json",
+        help="Print exactly one JSON document on stdout; human output goes to stderr.",
+        callback=_json_mode,
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; errors are still shown.")]
 DatasetOpt = Annotated[

@@ -65,4 +65,4 @@ def main(artifacts: ArtifactsOpt = None, json_out: JsonOpt = False) -> None:
         )
     table.caption = "* = latest complete run, used when --run is not given"
     table.caption_justify = "left"
-    console.console().print(table)
+    console.result(table)

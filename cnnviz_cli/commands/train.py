@@ -99,7 +99,7 @@ def main(
     elapsed = time.perf_counter() - started
 
     if not quiet:
-        console.console().print(_summary(result, elapsed))
+        console.result(_summary(result, elapsed))
     if json_out:
         console.emit_json(
             {
