@@ -38,6 +38,7 @@ COMMANDS = (
     "evolution",
     "compare",
     "report",
+    "export",
 )
 
 

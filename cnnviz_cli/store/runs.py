@@ -95,6 +95,17 @@ def atomic_write_json(path: Path, data: object) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
+def unwritable_ancestor(folder: Path) -> Path | None:
+    """The nearest existing path at or above ``folder`` if it is not a writable folder (so ``folder`` could
+    not be created or written), else None. Nothing is created."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return existing
+    return None
+
+
 def validate_run_id(run_id: str) -> str:
     if run_id in (".", "..") or not RUN_ID_RE.match(run_id or ""):
         raise UsageError(
@@ -284,10 +295,8 @@ class Store:
 
     def check_writable(self) -> None:
         """Refuse early, without creating anything, when the store could not be written."""
-        existing = self.root
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        existing = unwritable_ancestor(self.root)
+        if existing is not None:
             raise StoreWriteError(
                 f"The artifacts folder {self.root} cannot be written ({existing} is not a writable folder).",
                 "Pass --artifacts DIR (or set CNNVIZ_ARTIFACTS) to a folder you can write.",

@@ -1,0 +1,180 @@
+"""What a run holds, read once for every exporter: options, per-epoch history, evaluation, pictures, files.
+
+Everything comes from the run's manifest and the files it lists; each file is checked against its sha256
+before an exporter sees it, so a tracker never receives a picture that the store would refuse.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cnnviz_cli.errors import ArtifactError
+
+# The section of the files that `cnnviz train` writes (curves.png, history.csv, the checkpoints).
+TRAINING = "training"
+PICTURE_SUFFIXES = (".png", ".gif")
+# Per-epoch columns of the manifest's history that become metrics ("epoch" itself is the step).
+HISTORY_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+# Evaluation numbers that become final metrics, named <split>_<name> (test_accuracy, test_macro_f1, ...).
+EVALUATION_METRICS = ("accuracy", "loss")
+EVALUATION_MACRO = ("precision", "recall", "f1")
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One stored picture: ``tag`` is its path in the run without the suffix (``filters/conv1``)."""
+
+    view: str
+    tag: str
+    relpath: str
+    path: Path
+    steps: tuple[int, ...]  # the epoch of each frame (a GIF has several), or the run's final epoch
+
+
+@dataclass(frozen=True)
+class RunContents:
+    """Everything an exporter needs from one complete run."""
+
+    run_id: str
+    dir: Path
+    created: datetime | None
+    completed: datetime | None
+    dataset: str
+    model: str
+    checkpoint_sha256: str
+    final_epoch: int
+    params: dict[str, str | int | float | bool]
+    history: dict[str, list[tuple[int, float]]]
+    epoch_times: dict[int, datetime]
+    final_metrics: dict[str, float]
+    pictures: tuple[Picture, ...]
+    files: tuple[str, ...]  # every file the manifest lists, relative to ``dir``, plus manifest.json
+
+    def time_of(self, step: int) -> datetime | None:
+        """When an epoch ended (the run's creation time plus the epochs' durations)."""
+        return self.epoch_times.get(step, self.completed)
+
+
+def _time(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def flatten_options(options: dict, prefix: str = "") -> dict[str, str | int | float | bool]:
+    """Nested options as flat ``model.channels``-style names; lists and missing values written as JSON."""
+    flat: dict[str, str | int | float | bool] = {}
+    for key, value in options.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_options(value, f"{name}."))
+        elif isinstance(value, (str, int, float, bool)):
+            flat[name] = value
+        else:
+            flat[name] = json.dumps(value)
+    return flat
+
+
+def describe_model(spec: dict) -> str:
+    """A short name of the network, such as ``cnn 16-32 k5`` (the full spec is among the parameters)."""
+    if not spec:
+        return "unknown"
+    if spec.get("name"):
+        return str(spec["name"])
+    channels = "-".join(str(c) for c in spec.get("channels") or [])
+    kernel = f" k{spec['kernel_size']}" if spec.get("kernel_size") else ""
+    return f"cnn {channels}{kernel}".strip()
+
+
+def _history(manifest: dict) -> tuple[dict[str, list[tuple[int, float]]], dict[int, datetime]]:
+    series: dict[str, list[tuple[int, float]]] = {}
+    times: dict[int, datetime] = {}
+    clock = _time(manifest.get("created"))
+    for row in manifest.get("history") or []:
+        epoch = int(row["epoch"])
+        for name in HISTORY_METRICS:
+            value = row.get(name)
+            if isinstance(value, (int, float)):
+                series.setdefault("epoch_seconds" if name == "seconds" else name, []).append((epoch, float(value)))
+        if clock is not None:
+            clock = clock + timedelta(seconds=float(row.get("seconds") or 0))
+            times[epoch] = clock
+    return series, times
+
+
+def _evaluation(run, manifest: dict) -> dict[str, float]:
+    record = (manifest.get("outputs") or {}).get("evaluation")
+    if not record or "evaluation/metrics.json" not in (manifest.get("files") or {}):
+        return {}
+    try:
+        metrics = json.loads(run.verified_file("evaluation/metrics.json").read_text())
+    except ValueError as exc:
+        raise ArtifactError(f"evaluation/metrics.json of run '{run.id}' cannot be read: {exc}.") from None
+    split = metrics.get("split") or "test"
+    final = {f"{split}_{name}": float(metrics[name]) for name in EVALUATION_METRICS if name in metrics}
+    macro = metrics.get("macro") or {}
+    final.update({f"{split}_macro_{name}": float(macro[name]) for name in EVALUATION_MACRO if name in macro})
+    return final
+
+
+def _sections(manifest: dict) -> dict[str, str]:
+    """Which section (view) wrote each file; files no later command claims belong to training."""
+    owner = {}
+    for section, record in (manifest.get("outputs") or {}).items():
+        for relpath in record.get("files") or []:
+            owner[relpath] = section
+    return owner
+
+
+def _frame_steps(path: Path, record: dict, final_epoch: int) -> tuple[int, ...]:
+    if path.suffix != ".gif":
+        return (final_epoch,)
+    from PIL import Image
+
+    with Image.open(path) as image:
+        frames = getattr(image, "n_frames", 1)
+    epochs = [int(e) for e in record.get("epochs") or []]
+    return tuple(epochs) if len(epochs) == frames else tuple(range(frames))
+
+
+def read_run(run) -> RunContents:
+    """Read a complete run (a ``store.Run``) into what the exporters need; every listed file is verified."""
+    manifest = run.manifest()
+    listed = manifest.get("files") or {}
+    outputs = manifest.get("outputs") or {}
+    history, epoch_times = _history(manifest)
+    final_epoch = int(manifest.get("epochs_done") or len(manifest.get("history") or []) or 0)
+    owner = _sections(manifest)
+    pictures = []
+    for relpath in sorted(listed):
+        run.verified_file(relpath)
+        if Path(relpath).suffix.lower() not in PICTURE_SUFFIXES:
+            continue
+        path = run.path(relpath)
+        view = owner.get(relpath, TRAINING)
+        steps = _frame_steps(path, outputs.get(view) or {}, final_epoch)
+        tag = str(Path(relpath).with_suffix(""))
+        # One tag group per view: training's pictures sit at the top of the run folder.
+        pictures.append(Picture(view, tag if "/" in tag else f"{view}/{tag}", relpath, path, steps))
+    options = manifest.get("options") or {}
+    checkpoint = listed.get("model.safetensors") or {}
+    return RunContents(
+        run_id=run.id,
+        dir=run.dir,
+        created=_time(manifest.get("created")),
+        completed=_time(manifest.get("completed")),
+        dataset=str(manifest.get("dataset") or options.get("dataset") or "unknown"),
+        model=describe_model(options.get("model") or {}),
+        checkpoint_sha256=str(checkpoint.get("sha256", "")),
+        final_epoch=final_epoch,
+        params=flatten_options(options),
+        history=history,
+        epoch_times=epoch_times,
+        final_metrics=_evaluation(run, manifest),
+        pictures=tuple(pictures),
+        files=("manifest.json", *sorted(listed)),
+    )
