@@ -12,7 +12,6 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -79,7 +78,7 @@ def _walltime(contents: RunContents, step: int) -> float | None:
     return moment.timestamp() if moment is not None else None
 
 
-def _write(writer, contents: RunContents, on_picture: Callable[[str], None]) -> tuple[int, int, int]:
+def _write(writer, contents: RunContents) -> tuple[int, int, int]:
     from torch.utils.tensorboard.summary import hparams
 
     scalars = images = 0
@@ -91,7 +90,6 @@ def _write(writer, contents: RunContents, on_picture: Callable[[str], None]) -> 
         writer.add_scalar(scalar_tag(name), value, contents.final_epoch, walltime=_walltime(contents, contents.final_epoch))
         scalars += 1
     for picture in contents.pictures:
-        on_picture(picture.relpath)
         frames = _pictures_rgb(picture.path)
         for step, frame in zip(picture.steps, frames, strict=False):
             writer.add_image(picture.tag, frame, step, walltime=_walltime(contents, step), dataformats="HWC")
@@ -103,9 +101,7 @@ def _write(writer, contents: RunContents, on_picture: Callable[[str], None]) -> 
     return scalars, images, len(contents.params)
 
 
-def export_run(
-    contents: RunContents, root: Path, on_picture: Callable[[str], None] = lambda relpath: None
-) -> TensorBoardExport:
+def export_run(contents: RunContents, root: Path) -> TensorBoardExport:
     """Write ``root/<run id>`` for one run, replacing an earlier export of the same run."""
     writer_class = summary_writer()
     root = Path(os.path.abspath(Path(root).expanduser()))
@@ -116,7 +112,7 @@ def export_run(
         root.mkdir(parents=True, exist_ok=True)
         writer = writer_class(log_dir=str(staging))
         try:
-            scalars, images, params = _write(writer, contents, on_picture)
+            scalars, images, params = _write(writer, contents)
         finally:
             writer.close()
         replaced = target.exists()
