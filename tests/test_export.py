@@ -179,6 +179,35 @@ def test_mlflow_export_again_updates_the_one_run(pictured_store, mlflow_export, 
     assert {f.path for f in client.list_artifacts(run.info.run_id, "filters")} == {"filters/conv1.png", "filters/conv2.png"}
 
 
+@pytest.mark.slow
+def test_mlflow_export_after_resume_adds_the_new_epoch_to_the_same_run(
+    pictured_store, mlflow_export, tiny_data, tmp_path, monkeypatch
+):
+    from mlflow.tracking import MlflowClient
+
+    source, run_id, manifest = pictured_store
+    store = tmp_path / "artifacts"
+    shutil.copytree(source, store)
+    uri, folder, _ = mlflow_export
+    monkeypatch.chdir(folder)
+    first = _export(store, "--to", "mlflow", uri, "--experiment", "resumed")
+    result = cli("train", "--artifacts", store, "--resume", run_id, "--epochs", "3",
+                 "--data-dir", tiny_data, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    result = cli("export", "--artifacts", store, "--to", "mlflow", uri, "--experiment", "resumed", "--json")
+    assert result.exit_code == 0, result.stderr
+    second = json.loads(result.stdout)
+    assert "option epochs is now 3, MLflow keeps the 2" in result.stderr
+    assert second["runs"][0]["metrics_logged"] == 5  # epoch 3's losses, accuracies and duration
+    client = MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("resumed").experiment_id])
+    assert run.info.run_id == first["runs"][0]["mlflow_run_id"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2, 3]
+    # The evaluation was made from epoch 2's weights and stays there.
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")] == [2]
+    assert run.data.params["epochs"] == "2"
+
+
 def test_mlflow_experiment_defaults_to_cnnviz(pictured_store, mlflow_export, monkeypatch):
     store, _, _ = pictured_store
     uri, folder, _ = mlflow_export

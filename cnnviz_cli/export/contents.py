@@ -49,7 +49,8 @@ class RunContents:
     params: dict[str, str | int | float | bool]
     history: dict[str, list[tuple[int, float]]]
     epoch_times: dict[int, datetime]
-    final_metrics: dict[str, float]
+    final_metrics: dict[str, float]  # the evaluation's numbers, made from the weights of evaluation_epoch
+    evaluation_epoch: int
     pictures: tuple[Picture, ...]
     files: tuple[str, ...]  # every file the manifest lists, relative to ``dir``, plus manifest.json
 
@@ -106,10 +107,29 @@ def _history(manifest: dict) -> tuple[dict[str, list[tuple[int, float]]], dict[i
     return series, times
 
 
-def _evaluation(run, manifest: dict) -> dict[str, float]:
+def _checkpoint_epochs(manifest: dict, final_epoch: int) -> dict[str, int]:
+    """The epoch of each checkpoint the run holds, by sha256 (the final weights are the last epoch's)."""
+    files = manifest.get("files") or {}
+    epochs = {files["model.safetensors"]["sha256"]: final_epoch} if "model.safetensors" in files else {}
+    for relpath, entry in files.items():
+        name = Path(relpath).stem
+        if relpath.startswith("checkpoints/") and name.startswith("epoch-") and name[6:].isdigit():
+            epochs[entry["sha256"]] = int(name[6:])
+    return epochs
+
+
+def _epoch_of(record: dict, checkpoint_epochs: dict[str, int], final_epoch: int) -> int:
+    """The epoch of the weights an output was made from: a run resumed later keeps its old outputs."""
+    for key in ("checkpoint_epoch", "epoch"):
+        if isinstance(record.get(key), int):
+            return record[key]
+    return checkpoint_epochs.get(record.get("checkpoint_sha256", ""), final_epoch)
+
+
+def _evaluation(run, manifest: dict) -> tuple[dict[str, float], dict]:
     record = (manifest.get("outputs") or {}).get("evaluation")
     if not record or "evaluation/metrics.json" not in (manifest.get("files") or {}):
-        return {}
+        return {}, {}
     try:
         metrics = json.loads(run.verified_file("evaluation/metrics.json").read_text())
     except ValueError as exc:
@@ -118,7 +138,7 @@ def _evaluation(run, manifest: dict) -> dict[str, float]:
     final = {f"{split}_{name}": float(metrics[name]) for name in EVALUATION_METRICS if name in metrics}
     macro = metrics.get("macro") or {}
     final.update({f"{split}_macro_{name}": float(macro[name]) for name in EVALUATION_MACRO if name in macro})
-    return final
+    return final, record
 
 
 def _sections(manifest: dict) -> dict[str, str]:
@@ -130,9 +150,9 @@ def _sections(manifest: dict) -> dict[str, str]:
     return owner
 
 
-def _frame_steps(path: Path, record: dict, final_epoch: int) -> tuple[int, ...]:
+def _frame_steps(path: Path, record: dict, epoch: int) -> tuple[int, ...]:
     if path.suffix != ".gif":
-        return (final_epoch,)
+        return (epoch,)
     from PIL import Image
 
     with Image.open(path) as image:
@@ -149,6 +169,7 @@ def read_run(run) -> RunContents:
     history, epoch_times = _history(manifest)
     final_epoch = int(manifest.get("epochs_done") or len(manifest.get("history") or []) or 0)
     owner = _sections(manifest)
+    checkpoint_epochs = _checkpoint_epochs(manifest, final_epoch)
     pictures = []
     for relpath in sorted(listed):
         run.verified_file(relpath)
@@ -156,12 +177,14 @@ def read_run(run) -> RunContents:
             continue
         path = run.path(relpath)
         view = owner.get(relpath, TRAINING)
-        steps = _frame_steps(path, outputs.get(view) or {}, final_epoch)
+        record = outputs.get(view) or {}
+        steps = _frame_steps(path, record, _epoch_of(record, checkpoint_epochs, final_epoch))
         tag = str(Path(relpath).with_suffix(""))
         # One tag group per view: training's pictures sit at the top of the run folder.
         pictures.append(Picture(view, tag if "/" in tag else f"{view}/{tag}", relpath, path, steps))
     options = manifest.get("options") or {}
     checkpoint = listed.get("model.safetensors") or {}
+    final_metrics, evaluation = _evaluation(run, manifest)
     return RunContents(
         run_id=run.id,
         dir=run.dir,
@@ -174,7 +197,8 @@ def read_run(run) -> RunContents:
         params=flatten_options(options),
         history=history,
         epoch_times=epoch_times,
-        final_metrics=_evaluation(run, manifest),
+        final_metrics=final_metrics,
+        evaluation_epoch=_epoch_of(evaluation, checkpoint_epochs, final_epoch),
         pictures=tuple(pictures),
         files=("manifest.json", *sorted(listed)),
     )

@@ -163,7 +163,7 @@ class MlflowTarget:
 
         metrics = []
         points = [(name, step, value) for name, series in contents.history.items() for step, value in series]
-        points += [(name, contents.final_epoch, value) for name, value in contents.final_metrics.items()]
+        points += [(name, contents.evaluation_epoch, value) for name, value in contents.final_metrics.items()]
         known: dict[str, set[tuple[int, float]]] = {}
         for name, step, value in points:
             if name not in known:

@@ -86,8 +86,9 @@ def _write(writer, contents: RunContents) -> tuple[int, int, int]:
         for step, value in points:
             writer.add_scalar(scalar_tag(name), value, step, walltime=_walltime(contents, step))
             scalars += 1
+    step = contents.evaluation_epoch
     for name, value in contents.final_metrics.items():
-        writer.add_scalar(scalar_tag(name), value, contents.final_epoch, walltime=_walltime(contents, contents.final_epoch))
+        writer.add_scalar(scalar_tag(name), value, step, walltime=_walltime(contents, step))
         scalars += 1
     for picture in contents.pictures:
         frames = _pictures_rgb(picture.path)
