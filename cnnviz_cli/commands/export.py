@@ -44,7 +44,7 @@ def main(
     """
     from cnnviz_cli import console
     from cnnviz_cli.export import export_runs
-    from cnnviz_cli.store import Store
+    from cnnviz_cli.store.runs import Store
 
     tracker, target = to
     result = export_runs(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cnnviz_cli.errors import StoreWriteError, UsageError
 from cnnviz_cli.export.contents import RunContents
-from cnnviz_cli.store import unwritable_ancestor
+from cnnviz_cli.store.runs import unwritable_ancestor
 
 EXTRA_HINT = "Install the TensorBoard extra: pip install 'cnnviz-cli[tensorboard]'."
 
