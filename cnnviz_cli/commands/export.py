@@ -61,12 +61,10 @@ def main(
     for exported in result.runs:
         for warning in getattr(exported, "warnings", ()):
             console.warn(f"run {exported.run_id}: {warning}")
+    if not quiet:
+        from rich.text import Text
+
+        console.result(*(Text(exported.summary()) for exported in result.runs))
+        console.info(Text(result.summary()))
     if json_out:
         console.emit_json(result.to_json())
-        return
-    if quiet:
-        return
-    out = console.console()
-    for exported in result.runs:
-        out.print(exported.summary(), soft_wrap=True, markup=False)
-    out.print(result.summary(), soft_wrap=True, markup=False)
