@@ -35,6 +35,7 @@ COMMANDS = (
     "featuremaps",
     "patches",
     "explain",
+    "predict",
     "evolution",
     "compare",
     "report",

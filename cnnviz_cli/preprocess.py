@@ -302,8 +302,22 @@ class Prepared:
 
 
 def recipe_for(dataset: str) -> str:
-    """The recipe of a dataset; a dataset without its own recipe gets MNIST's (centred, size-normalised)."""
-    return dataset if dataset in RECIPES else "mnist"
+    """The recipe of a dataset: its own, or 'resize' for a dataset that has none."""
+    return dataset if dataset in RECIPES else "resize"
+
+
+def run_recipe(manifest: dict) -> str:
+    """The recipe a run's pictures go through: as its manifest records, else its dataset's."""
+    recorded = (manifest.get("preprocessing") or {}).get("pictures")
+    return recorded or recipe_for(manifest.get("dataset") or "mnist")
+
+
+def check_preprocess(preprocess: str) -> str:
+    if preprocess not in PREPROCESS_CHOICES:
+        raise UsageError(
+            f"Unknown --preprocess '{preprocess}'.", f"Choose one of: {', '.join(PREPROCESS_CHOICES)}."
+        )
+    return preprocess
 
 
 def _to_gray(pixels: np.ndarray, notes: list[str]) -> np.ndarray:
@@ -424,16 +438,11 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def _ink_box(weak: np.ndarray, strong: np.ndarray) -> tuple[int, int, int, int]:
-    """The box of the marks: strong pixels and the weaker ones touching them (hysteresis, as edge finders do)."""
+    """The box of the marks: strong pixels and the weaker ones touching them (hysteresis, as edge finders do),
+    so that faint parts of a stroke or a garment count and stray specks of grain do not."""
     if not strong.any():
         strong = weak
-    top, bottom, left, right = _box(strong)
-    # Only pixels near the strong box can join it through weak neighbours; grow inside a window around it.
-    pad = max(2, (max(bottom - top, right - left) + 3) // 4)
-    window = np.s_[max(0, top - pad) : bottom + pad, max(0, left - pad) : right + pad]
-    inner = _box(_grow(strong[window], weak[window] | strong[window]))
-    row, col = window[0].start, window[1].start
-    return inner[0] + row, inner[1] + row, inner[2] + col, inner[3] + col
+    return _box(_grow(strong, weak | strong))
 
 
 def _centre_of_mass(values: np.ndarray) -> tuple[float, float]:

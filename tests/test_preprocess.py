@@ -6,12 +6,11 @@ import gzip
 import io
 import os
 import random
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pictures import png_header_only
 from PIL import Image
 
 from cnnviz_cli.errors import DataError
@@ -19,17 +18,6 @@ from cnnviz_cli.preprocess import Picture, prepare, prepare_file, read_picture
 
 MNIST_TEST = Path("/work/shared/data/mnist/t10k-images-idx3-ubyte.gz")
 ASYMMETRIC = (np.arange(12 * 20).reshape(12, 20) * 7 % 256).astype(np.uint8)  # 20 wide, 12 high, no symmetry
-
-
-def png_header_only(path: Path, width: int, height: int) -> Path:
-    """A PNG that claims a size in its header and holds no pixel data: decoding it would fail."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
-    return path
 
 
 def test_8bit_gray_reads_exactly(tmp_path):

@@ -76,6 +76,23 @@ ImageOpt = Annotated[
         help="Index into the split (e.g. 7) or the path of your own PNG/JPEG picture.",
     ),
 ]
+PreprocessOpt = Annotated[
+    str,
+    typer.Option(
+        "--preprocess",
+        help="How your own pictures become the model's input: dataset (made like the run's dataset images: "
+        "cropped, size-normalised, centred, background to black), resize (the whole picture stretched) or "
+        "none (an exact-size picture, untouched).",
+    ),
+]
+TriInvertOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--invert/--no-invert",
+        help="Force the polarity of your pictures. (default: found from each picture: its border is the background)",
+        show_default=False,
+    ),
+]
 InvertOpt = Annotated[
     bool, typer.Option("--invert", help="Invert your picture (for dark strokes on a light background).")
 ]
