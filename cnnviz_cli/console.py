@@ -127,14 +127,6 @@ def _print_table(target: Console, table: Table) -> None:
         table.title, table.caption = title, caption
 
 
-def stdout_console() -> Console:
-    """A console for results printed on stdout (tables a user asked for); never wraps them when piped."""
-    out = Console(file=sys.stdout, highlight=False, soft_wrap=False)
-    if not out.is_terminal:
-        out = Console(file=sys.stdout, highlight=False, soft_wrap=False, width=10_000)
-    return out
-
-
 def debug_enabled() -> bool:
     return os.environ.get("CNNVIZ_DEBUG", "") not in ("", "0")
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from cnnviz_cli.store import Run
+    from cnnviz_cli.store.runs import Run
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm")
 BATCH_SIZE = 512
@@ -133,7 +133,7 @@ def _prepare_one(job: _Job, path: Path) -> tuple[np.ndarray | None, tuple[str, .
     """(28×28 uint8 pixels, notes, None), or (None, (), the error message)."""
     import numpy as np
 
-    from cnnviz_cli.preprocess import prepare_file
+    from cnnviz_cli.data.recipes import prepare_file
 
     try:
         prepared = prepare_file(
@@ -228,15 +228,15 @@ def run_predictions(
     The run's manifest names the recipe its dataset's pictures go through (older runs: their dataset's).
     ``workers`` defaults to one process per usable core (``$CNNVIZ_THREADS``).
     """
-    from cnnviz_cli.preprocess import run_recipe
-    from cnnviz_cli.training import cpu_threads
+    from cnnviz_cli.data.recipes import run_recipe
+    from cnnviz_cli.training.device import cpu_threads
 
     manifest = run.manifest()
     recipe = run_recipe(manifest)
     size = int(((manifest.get("options") or {}).get("model") or {}).get("image_size", 28))
     job = _Job(preprocess=preprocess, recipe=recipe, invert=invert, size=size)
     with preparing(paths, job, cpu_threads() if workers is None else workers) as pictures:
-        from cnnviz_cli.checkpoint import load_run_model
+        from cnnviz_cli.store.checkpoint import load_run_model
 
         model, checkpoint = load_run_model(run, "cpu")
         files = predict(model, pictures, paths, top=top, on_progress=on_progress)

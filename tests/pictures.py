@@ -9,9 +9,10 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from helpers import shared_data
 from PIL import Image
 
-MNIST_TEST = Path("/work/shared/data/mnist/t10k-images-idx3-ubyte.gz")
+MNIST_TEST = (shared_data("mnist") or Path("/work/shared/data/mnist")) / "t10k-images-idx3-ubyte.gz"
 FASHION_TEST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 KINDS = ("light-on-dark", "dark-on-light", "noisy-paper", "jpeg", "exif-rotated", "16-bit")
 

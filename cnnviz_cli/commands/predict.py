@@ -17,6 +17,7 @@ def main(
         typer.Argument(
             help="Picture files, folders (searched recursively for picture files) or - to read paths from stdin.",
             show_default=False,
+            metavar="PATH...",
         ),
     ],
     run_id: RunOpt = None,
@@ -45,10 +46,10 @@ def main(
     import sys
 
     from cnnviz_cli import console
+    from cnnviz_cli.data.recipes import check_preprocess
     from cnnviz_cli.errors import DataError, UsageError
     from cnnviz_cli.prediction import check_top, picture_paths, run_predictions
-    from cnnviz_cli.preprocess import check_preprocess
-    from cnnviz_cli.store import Store
+    from cnnviz_cli.store.runs import Store
 
     if csv_out and json_out:
         raise UsageError("--csv and --json both claim stdout; choose one.")
@@ -66,7 +67,7 @@ def main(
     elif csv_out:
         _write_csv(predictions, top, sys.stdout)
     else:
-        console.stdout_console().print(_table(predictions, notes))
+        console.result(_table(predictions, notes))
     failed = predictions.failed
     if failed:
         raise DataError(
