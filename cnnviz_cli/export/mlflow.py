@@ -45,7 +45,7 @@ class MlflowExport:
     def summary(self) -> str:
         state = "new" if self.created else "updated"
         return (f"{self.run_id} -> MLflow run {self.mlflow_run_id} ({state}: {self.metrics_logged} new metric "
-                f"points, {self.artifacts} files)")
+                f"points, {self.artifacts} files in {self.artifact_uri})")
 
     def to_json(self) -> dict:
         return {**asdict(self), "warnings": list(self.warnings)}
