@@ -578,7 +578,8 @@ def work_render(spec: dict) -> dict:
         started = time.perf_counter()
         shown = 0
         for name, w in weights.items():
-            tiles = render_filters_png(w, out_dir / f"cnnviz-{name}.png", layer=name, max_filters=None)
+            tiles, png = render_filters_png(w, layer=name, max_filters=None)
+            (out_dir / f"cnnviz-{name}.png").write_bytes(png)
             shown += tiles.shown * tiles.shown_channels
         result["seconds"] = time.perf_counter() - started
         result["drawn"] = shown

@@ -12,12 +12,13 @@ This module never prints and never imports typer or rich.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cnnviz_cli.config import MODEL_FILE
 from cnnviz_cli.errors import GateFailed, UsageError
+from cnnviz_cli.progress import BatchCallback
 
 if TYPE_CHECKING:
     import torch
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 COMPARE_SPLITS = ("test", "val")
-BatchCallback = Callable[[int, int], None]
+
 # Options that say how a run was executed, not what it learned; shown, but never a reason to refuse a comparison.
 VAL_CARVING = ("val_fraction", "seed", "limit")
 # Optimal matching finds some similarity even between unrelated filters; this many seeded draws of random
@@ -233,7 +234,7 @@ class Comparison:
         def metrics(result, checkpoint, run) -> dict:
             return {
                 "run_id": run.id,
-                "checkpoint": "model.safetensors",
+                "checkpoint": MODEL_FILE,
                 "checkpoint_sha256": checkpoint.sha256,
                 "epoch": checkpoint.epoch,
                 "accuracy": result.accuracy,

@@ -1,4 +1,8 @@
-"""Frozen configuration dataclasses and their round-trip through text metadata."""
+"""Frozen configurations, and every allowed set of values with its one check.
+
+Each set of allowed values is declared here once; each ``check_*`` raises a ``UsageError`` that names
+the option and the allowed values, and returns the value, so callers write ``x = check_x(x)``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,41 @@ DATASETS = ("mnist", "fashion-mnist")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
 KEEP_CHECKPOINTS = ("all", "last")
+NORMALIZE_MODES = ("per-layer", "per-filter")  # filters: one colour scale per layer, or per filter
+STAGES = ("conv", "relu", "pool")  # the outputs of one conv block, in order
+SPLITS = ("train", "val", "test")
+
+# The weights of a finished run, inside its folder (epoch checkpoints live in checkpoints/).
+MODEL_FILE = "model.safetensors"
+
+
+def check_choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    """``value`` if it is one of ``allowed``; else a UsageError naming ``option`` and the choices."""
+    if value not in allowed:
+        raise UsageError(f"Unknown {option} value '{value}'.", f"Choose one of: {', '.join(allowed)}.")
+    return value
+
+
+def check_at_least(value: int, minimum: int, option: str) -> int:
+    if value < minimum:
+        raise UsageError(f"{option} must be at least {minimum}, got {value}.")
+    return value
+
+
+def check_normalize(normalize: str) -> str:
+    return check_choice(normalize, NORMALIZE_MODES, "--normalize")
+
+
+def check_max_filters(max_filters: int) -> int:
+    return check_at_least(max_filters, 1, "--max-filters")
+
+
+def check_batch_size(batch_size: int) -> int:
+    return check_at_least(batch_size, 1, "--batch-size")
+
+
+def check_top(top: int) -> int:
+    return check_at_least(top, 1, "--top")
 
 # The tutorial feeds ToTensor() output to the network: pixels / 255, no mean/std normalisation.
 PREPROCESSING = {"scale": "1/255", "range": "[0, 1]", "mean": 0.0, "std": 1.0, "layout": "NCHW float32"}
@@ -53,6 +92,11 @@ class ModelConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
+    def from_manifest(cls, manifest: dict) -> ModelConfig:
+        """The architecture a run was trained with (the one way to rebuild a model from a run)."""
+        return cls(**(manifest.get("options") or {}).get("model", {}))
+
+    @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         try:
             raw = json.loads(text)
@@ -83,8 +127,7 @@ class TrainConfig:
             raise UsageError(f"Unknown dataset '{self.dataset}'.", f"Choose one of: {', '.join(DATASETS)}.")
         if self.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {self.epochs}.")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        check_batch_size(self.batch_size)
         if not self.lr > 0:
             raise UsageError(f"--lr must be a positive number, got {self.lr}.")
         if not 0.0 < self.val_fraction < 1.0:

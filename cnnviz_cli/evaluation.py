@@ -15,11 +15,12 @@ This module never prints and never imports typer or rich; progress goes through 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cnnviz_cli.config import MODEL_FILE
 from cnnviz_cli.errors import DataError, UsageError
 
 if TYPE_CHECKING:
@@ -45,7 +46,8 @@ __all__ = [
     "write_evaluation",
 ]
 
-BatchCallback = Callable[[int, int], None]
+from cnnviz_cli.progress import BatchCallback
+
 EVALUATION_SPLITS = ("test", "val")
 DEFAULT_TOP_MISTAKES = 24
 MAX_TOP_MISTAKES = 100
@@ -294,7 +296,7 @@ class RunEvaluation:
         """What the manifest records about the outputs: the options that made them and the checkpoint."""
         return {
             "options": dict(self.options),
-            "checkpoint": "model.safetensors",
+            "checkpoint": MODEL_FILE,
             "checkpoint_sha256": self.checkpoint.sha256,
             "checkpoint_epoch": self.checkpoint.epoch,
             "data_source": self.data.source,
@@ -407,7 +409,7 @@ def metrics_document(evaluation: RunEvaluation) -> dict:
     """The content of metrics.json: the run, the checkpoint, the options and every metric (no timestamps)."""
     return {
         "run_id": evaluation.run.id,
-        "checkpoint": "model.safetensors",
+        "checkpoint": MODEL_FILE,
         "checkpoint_sha256": evaluation.checkpoint.sha256,
         "checkpoint_epoch": evaluation.checkpoint.epoch,
         "data_source": evaluation.data.source,
@@ -419,7 +421,7 @@ def metrics_document(evaluation: RunEvaluation) -> dict:
 
 def write_evaluation(evaluation: RunEvaluation) -> EvaluationFiles:
     """Write metrics.json and the two PNGs into the run as one output transaction (all or nothing)."""
-    from cnnviz_cli.plots.common import save_figure
+    from cnnviz_cli.plots.common import png_bytes
     from cnnviz_cli.plots.evaluation import confusion_figure, mistakes_figure
     from cnnviz_cli.store.runs import atomic_write_json
 
@@ -431,7 +433,7 @@ def write_evaluation(evaluation: RunEvaluation) -> EvaluationFiles:
     with evaluation.run.outputs(section, record=evaluation.record) as staging:
         atomic_write_json(staging.path(relpaths[METRICS_FILE], kind="metrics"), metrics_document(evaluation))
         figure = confusion_figure(result.confusion, result.classes, title=f"Confusion matrix, accuracy {result.accuracy:.2%}\n{title}")
-        save_figure(figure, staging.path(relpaths[CONFUSION_FILE], kind="figure"))
+        staging.write_bytes(relpaths[CONFUSION_FILE], png_bytes(figure), kind="figure")
         indices = result.mistake_indices
         images = data.images[indices] if indices else data.images[:0]
         figure = mistakes_figure(
@@ -442,7 +444,7 @@ def write_evaluation(evaluation: RunEvaluation) -> EvaluationFiles:
             indices,
             title=f"The {len(indices)} most confidently wrong predictions\n{title}",
         )
-        save_figure(figure, staging.path(relpaths[MISTAKES_FILE], kind="figure"))
+        staging.write_bytes(relpaths[MISTAKES_FILE], png_bytes(figure), kind="figure")
     return EvaluationFiles(
         section=section,
         metrics=staging.final_path(relpaths[METRICS_FILE]),

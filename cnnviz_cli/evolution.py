@@ -212,7 +212,7 @@ def initial_model(manifest: dict):
             "Leave out --initial.",
         )
     options = manifest.get("options") or {}
-    config = ModelConfig(**options.get("model", {}))
+    config = ModelConfig.from_manifest(manifest)
     torch.manual_seed(int(options.get("seed", manifest.get("seed", 0))))
     return Net(config).eval()
 
@@ -264,7 +264,7 @@ def load_evolution(
     manifest = run.manifest()
     checkpoints = epoch_checkpoints(run, manifest)
     try:
-        config = ModelConfig(**(manifest.get("options") or {}).get("model", {}))
+        config = ModelConfig.from_manifest(manifest)
     except TypeError as exc:
         raise ArtifactError(f"The manifest of run '{run.id}' describes no valid model ({exc}).") from None
     if layer not in config.conv_names:

@@ -8,9 +8,8 @@ active channels of a map. Nothing here draws or prints.
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,7 +29,6 @@ __all__ = [
     "channel_activity",
     "image_slug",
     "parse_stages",
-    "single_threaded",
     "top_channels",
 ]
 
@@ -152,20 +150,3 @@ def _stem(path: str) -> str:
     from pathlib import Path
 
     return Path(path).stem
-
-
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run torch on one CPU thread inside the block (restored afterwards).
-
-    One image through a small CNN is microseconds of arithmetic; starting and synchronising an
-    intra-op thread pool costs more than it saves, most of all on a busy machine.
-    """
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

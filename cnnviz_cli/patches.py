@@ -8,12 +8,13 @@ so memory holds K entries per channel however large the split is, and ties go to
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cnnviz_cli.errors import UsageError
 from cnnviz_cli.models.receptive import ReceptiveField, field_for
+from cnnviz_cli.progress import BatchCallback
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 __all__ = ["TopK", "LayerPatches", "RunningTopK", "top_patches", "crop", "crops_for"]
 
 STAGE = "relu"
-BatchCallback = Callable[[int, int], None]
 
 
 @dataclass

@@ -47,6 +47,39 @@ def test_core_modules_never_import_the_cli_libraries():
         assert not (_all_imports(path) & UI), f"{path.relative_to(REPO)} imports a UI library"
 
 
+def _cnnviz_imports(path: Path) -> set[str]:
+    """Every cnnviz_cli module ``path`` imports, anywhere in the file, as a dotted name."""
+    names: set[str] = set()
+    for sub in ast.walk(ast.parse(path.read_text())):
+        if isinstance(sub, ast.Import):
+            names |= {alias.name for alias in sub.names if alias.name.startswith("cnnviz_cli")}
+        elif isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0 and sub.module.startswith("cnnviz_cli"):
+            names |= {sub.module, *(f"{sub.module}.{alias.name}" for alias in sub.names)}
+    return names
+
+
+def _package_modules(*parts: str) -> list[Path]:
+    paths = sorted(PACKAGE.joinpath(*parts).rglob("*.py"))
+    assert paths, parts
+    return paths
+
+
+def test_layers_import_only_downwards():
+    """Nothing imports the commands or the CLI; the core never imports the console; plots never the store."""
+    shell = {PACKAGE / "cli.py", PACKAGE / "__main__.py", *PACKAGE.joinpath("commands").glob("*.py")}
+    for path in sorted(set(PACKAGE.rglob("*.py")) - shell):
+        imported = _cnnviz_imports(path)
+        upward = {m for m in imported if m.startswith(("cnnviz_cli.commands", "cnnviz_cli.cli"))}
+        assert not upward, f"{path.relative_to(REPO)} imports {upward}"
+        if path.name != "console.py":
+            assert "cnnviz_cli.console" not in imported, f"{path.relative_to(REPO)} imports the console"
+    for path in _package_modules("plots"):
+        store = {m for m in _cnnviz_imports(path) if m.startswith("cnnviz_cli.store")}
+        assert not store, f"{path.relative_to(REPO)} imports {store}: plots return figures or bytes, the store writes"
+    for package in ("views", "store", "training", "models", "data", "report"):
+        assert _package_modules(package)
+
+
 def test_command_modules_import_heavy_libraries_only_inside_functions():
     for path in [*PACKAGE.joinpath("commands").glob("*.py"), PACKAGE / "cli.py", PACKAGE / "console.py"]:
         heavy = _top_level_imports(path) & HEAVY

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cnnviz_cli.commands.options import ArtifactsOpt, DataDirOpt, DatasetOpt, JsonOpt, OfflineOpt, QuietOpt
+from cnnviz_cli.config import MODEL_FILE
 
 COMMAND = "compare"
 
@@ -70,7 +71,7 @@ def main(
 
 
 def _write(comparison, gate) -> dict:
-    from cnnviz_cli.plots.common import save_figure
+    from cnnviz_cli.plots.common import png_bytes
     from cnnviz_cli.plots.compare import confusion_difference_figure, matched_filters_figure, per_class_figure
     from cnnviz_cli.store.runs import atomic_write_json
 
@@ -84,7 +85,7 @@ def _write(comparison, gate) -> dict:
             "split": comparison.split,
             "fail_below": gate["fail_below"] if gate else None,
         },
-        "checkpoint": "model.safetensors",
+        "checkpoint": MODEL_FILE,
         "checkpoint_sha256": comparison.checkpoint_b.sha256,
         "checkpoint_sha256_a": comparison.checkpoint_a.sha256,
         "checkpoint_sha256_b": comparison.checkpoint_b.sha256,
@@ -103,7 +104,7 @@ def _write(comparison, gate) -> dict:
         figure = confusion_difference_figure(
             comparison.confusion_difference, comparison.result_a.classes, title=f"Confusion matrix B − A ({what})"
         )
-        save_figure(figure, staging.path(rel, kind="figure"))
+        staging.write_bytes(rel, png_bytes(figure), kind="figure")
         written["confusion_diff"] = staging.final_path(rel)
 
         rel = f"{base}/per_class.png"
@@ -113,7 +114,7 @@ def _write(comparison, gate) -> dict:
             f"{b} ({comparison.result_b.accuracy:.2%})",
             title=f"Per-class accuracy ({what})",
         )
-        save_figure(figure, staging.path(rel, kind="figure"))
+        staging.write_bytes(rel, png_bytes(figure), kind="figure")
         written["per_class"] = staging.final_path(rel)
 
         for match in comparison.layers:
@@ -129,7 +130,7 @@ def _write(comparison, gate) -> dict:
                        f"{aligned}"),
             )
             rel = f"{base}/filters-{match.layer}.png"
-            save_figure(figure, staging.path(rel, kind="figure"))
+            staging.write_bytes(rel, png_bytes(figure), kind="figure")
             written[f"filters_{match.layer}"] = staging.final_path(rel)
     return written
 

@@ -115,7 +115,7 @@ def _conv_names(manifest: dict) -> tuple[str, ...]:
     from cnnviz_cli.errors import ArtifactError
 
     try:
-        return ModelConfig(**(manifest.get("options") or {}).get("model", {})).conv_names
+        return ModelConfig.from_manifest(manifest).conv_names
     except TypeError as exc:
         raise ArtifactError(f"The manifest of run '{manifest.get('run_id')}' describes no valid model ({exc}).") from None
 
@@ -128,7 +128,7 @@ def epoch_label(epoch: int, last: int | None = None) -> str:
 
 def _write(the_run, evolution, *, fmt: str, split: str, image_spec: str | None, quiet: bool) -> dict:
     from cnnviz_cli.featuremaps import image_slug
-    from cnnviz_cli.plots.common import save_figure
+    from cnnviz_cli.plots.common import png_bytes
     from cnnviz_cli.plots.evolution import (
         ACTIVATION_CMAP,
         WEIGHT_CMAP,
@@ -194,7 +194,7 @@ def _write(the_run, evolution, *, fmt: str, split: str, image_spec: str | None, 
                     title=f"{layer} filters of run {run_id} at every epoch (one colour scale)",
                     colour_label="weight",
                 )
-                save_figure(figure, staging.path(rel, kind="figure"))
+                staging.write_bytes(rel, png_bytes(figure), kind="figure")
             written["filters" + key] = staging.final_path(rel)
 
             if picture is None:
@@ -218,7 +218,7 @@ def _write(the_run, evolution, *, fmt: str, split: str, image_spec: str | None, 
                     title=f"{layer} feature maps (after ReLU) of {picture.description}, every epoch",
                     colour_label="activation", panel=2.6,
                 )
-                save_figure(figure, staging.path(rel, kind="figure"))
+                staging.write_bytes(rel, png_bytes(figure), kind="figure")
             written["featuremaps" + key] = staging.final_path(rel)
 
         rel = f"{base}/changes.png"
@@ -226,7 +226,7 @@ def _write(the_run, evolution, *, fmt: str, split: str, image_spec: str | None, 
             epochs, evolution.l2_change, evolution.cosine_to_final,
             title=f"How much the {layer} filters of run {run_id} changed per epoch",
         )
-        save_figure(figure, staging.path(rel, kind="figure"))
+        staging.write_bytes(rel, png_bytes(figure), kind="figure")
         written["changes"] = staging.final_path(rel)
 
         rel = f"{base}/evolution.json"

@@ -75,13 +75,13 @@ def main(
     import json
 
     from cnnviz_cli.data.pictures import resolve_image
-    from cnnviz_cli.featuremaps import image_slug, single_threaded
+    from cnnviz_cli.featuremaps import image_slug
     from cnnviz_cli.models.probe import check_layers
-    from cnnviz_cli.plots.common import save_figure
+    from cnnviz_cli.plots.common import png_bytes
     from cnnviz_cli.plots.explain import explain_figure
-    from cnnviz_cli.plots.filters import gc_paused
     from cnnviz_cli.store.checkpoint import load_run_model, save_tensors
     from cnnviz_cli.store.runs import Store
+    from cnnviz_cli.training.device import command_performance
 
     store = Store.from_option(artifacts)
     run = store.get_complete(run_id)
@@ -102,7 +102,7 @@ def main(
             console.info(f"input: {note}", quiet)
 
     # One image through a small CNN: a single thread beats a thread pool, and the cyclic GC only costs time.
-    with gc_paused(), single_threaded():
+    with command_performance(one_thread=True):
         result = explain(model, picture.tensor, chosen, target=target_index, layer=gradcam_layer)
     for text in result.warnings:
         console.warn(text)
@@ -148,7 +148,7 @@ def main(
     figure = explain_figure(picture.tensor[0, 0], result.attributions, title, row_titles)
     with run.outputs(section, record=record) as staging:
         png_rel, tensors_rel = f"{section}/explain.png", f"{section}/attributions.safetensors"
-        save_figure(figure, staging.path(png_rel, kind="figure"))
+        staging.write_bytes(png_rel, png_bytes(figure), kind="figure")
         save_tensors(
             staging.path(tensors_rel, kind="tensors"),
             {a.method: a.values for a in result.attributions},

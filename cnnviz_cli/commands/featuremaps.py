@@ -52,10 +52,9 @@ def main(
 
     Examples: cnnviz featuremaps --image 7  |  cnnviz featuremaps --image my_digit.png --invert --top 8
     """
-    from cnnviz_cli.featuremaps import single_threaded
-    from cnnviz_cli.plots.filters import gc_paused
+    from cnnviz_cli.training.device import command_performance
 
-    with gc_paused(), single_threaded():
+    with command_performance(one_thread=True):
         _main(
             image=image,
             run_id=run_id,
@@ -90,8 +89,8 @@ def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, ar
     from cnnviz_cli.data.pictures import resolve_image
     from cnnviz_cli.featuremaps import STAGE_TITLES, capture_featuremaps, image_slug, top_channels
     from cnnviz_cli.models.probe import STAGES, check_layers
+    from cnnviz_cli.plots.common import png_bytes
     from cnnviz_cli.plots.featuremaps import featuremap_figure, overview_figure
-    from cnnviz_cli.plots.filters import save_png
     from cnnviz_cli.store.checkpoint import MODEL_FILE, load_run_model, save_tensors
 
     model, checkpoint = load_run_model(run, "cpu")
@@ -150,7 +149,7 @@ def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, ar
             title = f"{name} {STAGE_TITLES[s]}: {which}\n{described} · {answer}"
             figure = featuremap_figure(activation, channels, picture.tensor[0], stage=s, title=title)
             relpath = f"{section}/{name}-{s}.png"
-            save_png(figure, staging.path(relpath, kind="image"), {**record, "map": key, "channels": channels})
+            staging.write_bytes(relpath, png_bytes(figure, {**record, "map": key, "channels": channels}), kind="image")
             images.append(str(staging.final_path(relpath)))
 
         row_titles = {
@@ -165,7 +164,7 @@ def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, ar
             row_titles=row_titles,
         )
         relpath = f"{section}/overview.png"
-        save_png(overview, staging.path(relpath, kind="image"), {**record, "maps": list(drawn)})
+        staging.write_bytes(relpath, png_bytes(overview, {**record, "maps": list(drawn)}), kind="image")
         images.append(str(staging.final_path(relpath)))
 
         relpath = f"{section}/activations.safetensors"

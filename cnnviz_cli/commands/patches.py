@@ -58,7 +58,7 @@ def main(
     from cnnviz_cli.models.probe import check_layers
     from cnnviz_cli.models.receptive import receptive_fields
     from cnnviz_cli.patches import STAGE, top_patches
-    from cnnviz_cli.plots.common import save_figure
+    from cnnviz_cli.plots.common import png_bytes
     from cnnviz_cli.plots.patches import patches_figure
     from cnnviz_cli.store.checkpoint import load_run_model
     from cnnviz_cli.store.runs import Store, atomic_write_json
@@ -133,7 +133,7 @@ def main(
                 f"tile: the {field.size}×{field.size} px field (jump {field.jump}) of the strongest unit · "
                 "caption: #image activation · pale blue: outside the image"
             )
-            save_figure(patches_figure(result, title), staging.path(rel, kind="figure"))
+            staging.write_bytes(rel, png_bytes(patches_figure(result, title)), kind="figure")
             written[result.layer] = str(staging.final_path(rel))
         json_rel = "patches/patches.json"
         atomic_write_json(staging.path(json_rel, kind="data"), {"run_id": run.id, **document, "record": record})

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cnnviz_cli.commands.options import ArtifactsOpt, DataDirOpt, JsonOpt, OfflineOpt, QuietOpt, RunOpt
+from cnnviz_cli.config import MODEL_FILE
 
 COMMAND = "report"
 
@@ -45,7 +46,7 @@ def main(
     html = render_html(report)
     record = {
         "options": {"images": images, "data_dir": str(data_dir) if data_dir else None, "offline": offline},
-        "checkpoint": "model.safetensors",
+        "checkpoint": MODEL_FILE,
         "checkpoint_sha256": report.checkpoint_sha256,
         "sections": report.status,
     }

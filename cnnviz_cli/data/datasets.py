@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cnnviz_cli.config import SPLITS
 from cnnviz_cli.errors import DataError, UsageError
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ FILE_STEMS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-SPLITS = ("train", "val", "test")
 
 
 def cache_dir() -> Path:

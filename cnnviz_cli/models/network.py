@@ -9,9 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnviz_cli.config import ModelConfig
-
-STAGES = ("conv", "relu", "pool")
+from cnnviz_cli.config import STAGES, ModelConfig
 
 
 class Net(nn.Module):
@@ -68,3 +66,8 @@ class Net(nn.Module):
 
 def _observed(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def layer_weight(model: Net, layer: str) -> torch.Tensor:
+    """The weight tensor (out, in, kh, kw) of conv layer ``layer``, detached, as a CPU copy."""
+    return model.block(layer)["conv"].weight.detach().to("cpu", copy=True)

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from cnnviz_cli.config import STAGES
 from cnnviz_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -13,7 +14,6 @@ if TYPE_CHECKING:
 
     from cnnviz_cli.models.network import Net
 
-STAGES = ("conv", "relu", "pool")
 
 
 def check_layers(model: Net, layers: Sequence[str] | None) -> list[str]:

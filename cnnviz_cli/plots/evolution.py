@@ -27,14 +27,14 @@ LAST_FRAME_MS = 2200
 
 def filter_tiles(weight: torch.Tensor):
     """The layer tiled as one array (per-layer scale: weights as they are)."""
-    from cnnviz_cli.filters import tile_kernels
+    from cnnviz_cli.plots.tiling import tile_kernels
 
     return tile_kernels(weight, normalize="per-layer", separator=1)
 
 
 def featuremap_tiles(featuremap: torch.Tensor):
     """Feature maps (channels, H, W) tiled into a compact grid, one tile per channel."""
-    from cnnviz_cli.filters import tile_kernels
+    from cnnviz_cli.plots.tiling import tile_kernels
 
     return tile_kernels(featuremap.unsqueeze(1), normalize="per-layer", separator=2)
 

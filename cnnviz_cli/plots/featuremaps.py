@@ -10,33 +10,23 @@ a sequential map from 0 after ReLU and pooling, a diverging map centred at 0 aft
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.plots.common import DPI, new_figure
-from cnnviz_cli.plots.filters import text_width
+from cnnviz_cli.plots.common import DPI, new_figure, text_width
+from cnnviz_cli.plots.tiling import tile_maps
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
     from matplotlib.figure import Figure
 
-__all__ = ["activation_scale", "featuremap_figure", "overview_figure", "tile_maps"]
+    from cnnviz_cli.plots.tiling import TiledMaps
+
+__all__ = ["activation_scale", "featuremap_figure", "overview_figure"]
 
 SEQUENTIAL_CMAP = "viridis"
 DIVERGING_CMAP = "RdBu_r"
 FRAME_COLOR = "#9a9a9a"
 TITLE_SIZE = 11
-
-
-@dataclass(frozen=True)
-class TiledMaps:
-    """Channel maps enlarged and tiled into one screen-pixel image (NaN between tiles)."""
-
-    image: np.ndarray
-    origins: list[tuple[int, int]]  # (x, y) of each tile's top-left pixel, in the order of ``channels``
-    tile: tuple[int, int]  # (width, height) of one tile in pixels
-    channels: list[int]
 
 
 def activation_scale(activation: torch.Tensor, stage: str) -> tuple[str, float, float]:
@@ -47,31 +37,6 @@ def activation_scale(activation: torch.Tensor, stage: str) -> tuple[str, float, 
         return DIVERGING_CMAP, -limit, limit
     top = float(activation.max()) if activation.numel() else 0.0
     return SEQUENTIAL_CMAP, 0.0, top if top > 0 else 1.0
-
-
-def tile_maps(
-    activation: torch.Tensor, channels: list[int], *, cols: int, tile_px: int, band_px: int, gap_px: int
-) -> TiledMaps:
-    """Tile ``activation[channels]`` ((C, h, w)) in ``cols`` columns; each tile about ``tile_px`` wide."""
-    import torch
-    import torch.nn.functional as F
-
-    maps = activation[channels].float()
-    n, h, w = (int(s) for s in maps.shape)
-    factor = max(1, round(tile_px / max(h, w)))
-    maps = maps.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
-    th, tw = h * factor, w * factor
-    rows = -(-n // cols)
-    nan = float("nan")
-    if rows * cols > n:
-        maps = torch.cat([maps, torch.full((rows * cols - n, th, tw), nan)])
-    cells = F.pad(maps, (0, gap_px, band_px, 0), value=nan)
-    image = cells.reshape(rows, cols, band_px + th, tw + gap_px).permute(0, 2, 1, 3)
-    image = image.reshape(rows * (band_px + th), cols * (tw + gap_px))
-    if gap_px:
-        image = image[:, :-gap_px]
-    origins = [((k % cols) * (tw + gap_px), (k // cols) * (band_px + th) + band_px) for k in range(n)]
-    return TiledMaps(image=image.contiguous().numpy(), origins=origins, tile=(tw, th), channels=list(channels))
 
 
 def _columns(n: int, preferred: int) -> int:

@@ -1,6 +1,6 @@
 """Filter pictures: one conv layer's kernels drawn as a single image with a diverging colour map.
 
-The tiled array from ``cnnviz_cli.filters.tile_kernels`` is enlarged by an integer factor per weight
+The tiled array from ``cnnviz_cli.plots.tiling.tile_kernels`` is enlarged by an integer factor per weight
 (separators stay thin) and drawn at exactly one array pixel per screen pixel, into an axes whose size
 in pixels is computed here. So no weight is ever resampled away or blended with its neighbour, and the
 time and memory needed grow only with the number of weights drawn.
@@ -8,20 +8,16 @@ time and memory needed grow only with the number of weights drawn.
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.plots.common import DPI, new_figure
+from cnnviz_cli.plots.common import DPI, new_figure, png_bytes, text_width
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
     from matplotlib.figure import Figure
 
-    from cnnviz_cli.filters import FilterTiles
+    from cnnviz_cli.plots.tiling import FilterTiles
 
 __all__ = [
     "CMAP",
@@ -29,9 +25,6 @@ __all__ = [
     "filter_figure",
     "filter_title",
     "render_filters_png",
-    "gc_paused",
-    "save_png",
-    "text_width",
 ]
 
 CMAP = "RdBu_r"  # blue negative, white zero, red positive
@@ -53,18 +46,6 @@ def filter_title(layer: str, shape: tuple[int, ...], extra: str | None = None) -
         f"  (weight shape {out}×{inp}×{kh}×{kw})"
     )
     return text if not extra else f"{text}\n{extra}"
-
-
-def text_width(text: str, size: float) -> int:
-    """Width in pixels (at the figure DPI) of the widest line of ``text`` in the default font."""
-    from matplotlib.backends.backend_agg import RendererAgg
-    from matplotlib.font_manager import FontProperties
-
-    renderer = RendererAgg(1, 1, DPI)
-    font = FontProperties(size=size)
-    return int(
-        max(renderer.get_text_width_height_descent(line, font, ismath=False)[0] for line in text.split("\n"))
-    )
 
 
 def _scale_for(tiles: FilterTiles) -> tuple[int, int]:
@@ -204,50 +185,15 @@ def filter_figure(tiles: FilterTiles, title: str) -> Figure:
 
 def render_filters_png(
     weight: torch.Tensor,
-    path: Path | str,
     *,
     layer: str = "conv",
     normalize: str = "per-layer",
     max_filters: int | None = 64,
     title: str | None = None,
-) -> FilterTiles:
-    """Tile ``weight`` (out, in, kh, kw), draw it and save the PNG at ``path``; returns the tiles drawn."""
-    from cnnviz_cli.filters import tile_kernels
-    from cnnviz_cli.plots.common import save_figure
+) -> tuple[FilterTiles, bytes]:
+    """Tile ``weight`` (out, in, kh, kw) and draw it: the tiles drawn and the PNG bytes."""
+    from cnnviz_cli.plots.tiling import tile_kernels
 
     tiles = tile_kernels(weight, normalize=normalize, max_filters=max_filters)
     figure = filter_figure(tiles, title or filter_title(layer, tuple(weight.shape)))
-    save_figure(figure, Path(path))
-    return tiles
-
-
-def save_png(figure: Figure, path: Path | str, record: dict | None = None) -> Path:
-    """Save ``figure`` atomically as a PNG whose text metadata carries ``record`` (options, checkpoint sha256).
-
-    No timestamp is written, so the same weights and options give the same bytes.
-    """
-    import json
-
-    from cnnviz_cli.store.runs import atomic_write
-
-    metadata = {"Software": "cnnviz"}
-    if record:
-        metadata["Description"] = json.dumps(record, sort_keys=True, default=str)
-    return atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=DPI, metadata=metadata))
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for a short command.
-
-    With torch and matplotlib loaded, every full collection walks hundreds of thousands of objects;
-    while building a few figures that costs more than the drawing itself. Reference counting still
-    frees everything that is not in a cycle, and the collector is back on when the block ends.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+    return tiles, png_bytes(figure)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cnnviz_cli.config import MODEL_FILE
 from cnnviz_cli.errors import ArtifactError, DataError, UsageError
 
 if TYPE_CHECKING:
@@ -269,7 +270,7 @@ def _training_section(c: _Collector, manifest: dict) -> Section:
     history = manifest.get("history") or []
     record = {"options": {"epochs": len(history), "seed": (manifest.get("options") or {}).get("seed")}}
     files = manifest.get("files") or {}
-    final_ckpt = files.get("model.safetensors", {}).get("sha256")
+    final_ckpt = files.get(MODEL_FILE, {}).get("sha256")
     if final_ckpt:
         record["checkpoint_sha256"] = final_ckpt
     if "curves.png" in files:
@@ -535,7 +536,7 @@ class _Computer:
         return self._split
 
     def provenance(self, **options) -> list[tuple[str, str]]:
-        return [("checkpoint sha256", self.checkpoint.sha256), ("checkpoint", "model.safetensors"),
+        return [("checkpoint sha256", self.checkpoint.sha256), ("checkpoint", MODEL_FILE),
                 *((k, _short(v)) for k, v in options.items())]
 
     def evaluation(self, section: Section) -> Section:
@@ -567,8 +568,9 @@ class _Computer:
         return section
 
     def filters(self, section: Section) -> Section:
-        from cnnviz_cli.filters import layer_weight, tile_kernels
+        from cnnviz_cli.models.network import layer_weight
         from cnnviz_cli.plots.filters import filter_figure, filter_title
+        from cnnviz_cli.plots.tiling import tile_kernels
 
         section.status = "computed"
         section.notes.append("Computed for this report; `cnnviz filters` stores them in the run.")
@@ -642,7 +644,7 @@ def build_report(
     outputs = manifest.get("outputs") or {}
     collector = _Collector(run, manifest)
     computer = _Computer(run, manifest, data_dir, offline, images)
-    checkpoint_sha = (manifest.get("files") or {}).get("model.safetensors", {}).get("sha256", "")
+    checkpoint_sha = (manifest.get("files") or {}).get(MODEL_FILE, {}).get("sha256", "")
 
     sections = []
     step("training")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.config import PREPROCESSING, ModelConfig
+from cnnviz_cli.config import MODEL_FILE, PREPROCESSING, ModelConfig
 from cnnviz_cli.errors import ArtifactError
 from cnnviz_cli.store.runs import Run, atomic_write, sha256_file
 
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from cnnviz_cli.models.network import Net
 
 FORMAT = "cnnviz-checkpoint/1"
-MODEL_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cnnviz_cli.config import MODEL_FILE
 from cnnviz_cli.errors import ArtifactError, StoreWriteError, UsageError
 
 MANIFEST = "manifest.json"
@@ -104,6 +105,21 @@ def unwritable_ancestor(folder: Path) -> Path | None:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         return existing
     return None
+
+
+def output_record(command: str, checkpoint, **options) -> dict:
+    """The manifest entry of a view's output: the command, its options and the checkpoint it read.
+
+    ``checkpoint`` is a ``store.checkpoint.Checkpoint`` (its sha256 and epoch are recorded). Use it with
+    ``Run.outputs``: ``with run.outputs(section, output_record(...)) as staging: staging.write_bytes(...)``.
+    """
+    return {
+        "command": command,
+        **options,
+        "checkpoint": MODEL_FILE,
+        "checkpoint_sha256": checkpoint.sha256,
+        "epoch": checkpoint.epoch,
+    }
 
 
 def validate_run_id(run_id: str) -> str:
@@ -250,6 +266,11 @@ class Staging:
 
     def final_path(self, relpath: str) -> Path:
         return self.run.dir / relpath
+
+    def write_bytes(self, relpath: str, data: bytes, kind: str = "file") -> Path:
+        """Stage ``data`` as ``relpath``; returns the path it will have once published."""
+        atomic_write_bytes(self.path(relpath, kind), data)
+        return self.final_path(relpath)
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

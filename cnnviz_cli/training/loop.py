@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnviz_cli.progress import BatchCallback
 from cnnviz_cli.training.device import autocast, channels_last
-
-BatchCallback = Callable[[int, int], None]  # (batches done, batches in total)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

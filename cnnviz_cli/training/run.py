@@ -148,7 +148,7 @@ def _load_optimizer_tensors(optimizer: torch.optim.Adam, model: Net, tensors: di
 
 
 def _finish(run: Run, config: TrainConfig, history: list[dict], model: Net, classes: tuple[str, ...]) -> None:
-    from cnnviz_cli.plots.common import save_figure
+    from cnnviz_cli.plots.common import png_bytes
     from cnnviz_cli.plots.curves import training_curves
 
     save_checkpoint(
@@ -156,7 +156,7 @@ def _finish(run: Run, config: TrainConfig, history: list[dict], model: Net, clas
     )
     atomic_write_bytes(run.dir / HISTORY_FILE, _history_csv(history))
     title = f"Run {run.id}: {config.dataset}, {len(history)} epochs, seed {config.seed}"
-    save_figure(training_curves(history, title), run.dir / CURVES_FILE)
+    atomic_write_bytes(run.dir / CURVES_FILE, png_bytes(training_curves(history, title)))
 
     def complete(manifest: dict) -> None:
         run.record_file(manifest, MODEL_FILE, "checkpoint")

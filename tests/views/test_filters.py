@@ -1,4 +1,4 @@
-"""`cnnviz filters` and cnnviz_cli.filters: tiles follow the weights exactly, layouts, scale, the CLI."""
+"""`cnnviz filters` and the kernel tiling (plots/tiling.py): tiles follow the weights exactly, layouts, scale, the CLI."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from helpers import assert_clean_error, cli, tree_digest
 from PIL import Image
 
-from cnnviz_cli.filters import grid_shape, tile_kernels
 from cnnviz_cli.plots import filters as filter_plots
+from cnnviz_cli.plots.tiling import grid_shape, tile_kernels
 
 
 def weight_values(shape):
@@ -134,7 +134,8 @@ def test_synthetic_512_by_512_layer_renders_quickly(tmp_path):
     torch.manual_seed(0)
     weight = torch.randn(512, 512, 3, 3)
     started = time.perf_counter()
-    tiles = filter_plots.render_filters_png(weight, tmp_path / "big.png", layer="big", max_filters=64)
+    tiles, png = filter_plots.render_filters_png(weight, layer="big", max_filters=64)
+    (tmp_path / "big.png").write_bytes(png)
     seconds = time.perf_counter() - started
     print(f"512×512×3×3 layer rendered in {seconds:.2f} s")
     assert seconds < 20

@@ -1,4 +1,4 @@
-"""Convolution kernels as one tiled array: the data behind ``cnnviz filters``.
+"""The one tiling: many small 2-D arrays (kernels, channel maps) laid out as one array for one imshow.
 
 ``tile_kernels`` lays out a conv weight tensor (out, in, kh, kw) as a single 2-D array (or H×W×3 for a
 layer that reads an RGB image) with NaN separators between kernels, so that one ``imshow`` draws a
@@ -19,15 +19,15 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cnnviz_cli.config import check_max_filters, check_normalize
 from cnnviz_cli.errors import UsageError
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["MAX_SIDE", "NORMALIZE", "FilterTiles", "grid_shape", "layer_weight", "tile_kernels"]
+__all__ = ["MAX_SIDE", "FilterTiles", "TiledMaps", "grid_shape", "tile_kernels", "tile_maps"]
 
-NORMALIZE = ("per-layer", "per-filter")
 # Longest side of a tiled array (in weight pixels): beyond it, filters or input channels are left out
 # (and counted as not shown) rather than drawn smaller than one screen pixel each.
 MAX_SIDE = 4096
@@ -114,11 +114,6 @@ def grid_shape(n: int, aspect: float = 1.0) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def layer_weight(model, layer: str) -> torch.Tensor:
-    """The weight tensor (out, in, kh, kw) of conv layer ``layer`` of a cnnviz ``Net``, on the CPU."""
-    return model.block(layer)["conv"].weight.detach().to("cpu", copy=True)
-
-
 def tile_kernels(
     weight: torch.Tensor,
     *,
@@ -138,12 +133,11 @@ def tile_kernels(
     """
     import torch
 
-    if normalize not in NORMALIZE:
-        raise UsageError(f"Unknown normalisation '{normalize}'.", f"Choose one of: {', '.join(NORMALIZE)}.")
+    check_normalize(normalize)
     if weight.dim() != 4:
         raise UsageError(f"A conv weight has 4 dimensions (out, in, kh, kw); got shape {tuple(weight.shape)}.")
-    if max_filters is not None and max_filters < 1:
-        raise UsageError(f"--max-filters must be at least 1, got {max_filters}.")
+    if max_filters is not None:
+        check_max_filters(max_filters)
     if separator < 0:
         raise UsageError(f"The separator width must be zero or more, got {separator}.")
     total, in_channels, kh, kw = (int(s) for s in weight.shape)
@@ -232,3 +226,38 @@ def _pad_cells(tiles: torch.Tensor, cells: int, value: float) -> torch.Tensor:
         return tiles
     filler = torch.full((missing, *tiles.shape[1:]), value, dtype=tiles.dtype)
     return torch.cat([tiles, filler])
+
+
+@dataclass(frozen=True)
+class TiledMaps:
+    """Channel maps enlarged and tiled into one screen-pixel image (NaN between tiles)."""
+
+    image: np.ndarray
+    origins: list[tuple[int, int]]  # (x, y) of each tile's top-left pixel, in the order of ``channels``
+    tile: tuple[int, int]  # (width, height) of one tile in pixels
+    channels: list[int]
+
+
+def tile_maps(
+    activation: torch.Tensor, channels: list[int], *, cols: int, tile_px: int, band_px: int, gap_px: int
+) -> TiledMaps:
+    """Tile ``activation[channels]`` ((C, h, w)) in ``cols`` columns; each tile about ``tile_px`` wide."""
+    import torch
+    import torch.nn.functional as F
+
+    maps = activation[channels].float()
+    n, h, w = (int(s) for s in maps.shape)
+    factor = max(1, round(tile_px / max(h, w)))
+    maps = maps.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+    th, tw = h * factor, w * factor
+    rows = -(-n // cols)
+    nan = float("nan")
+    if rows * cols > n:
+        maps = torch.cat([maps, torch.full((rows * cols - n, th, tw), nan)])
+    cells = F.pad(maps, (0, gap_px, band_px, 0), value=nan)
+    image = cells.reshape(rows, cols, band_px + th, tw + gap_px).permute(0, 2, 1, 3)
+    image = image.reshape(rows * (band_px + th), cols * (tw + gap_px))
+    if gap_px:
+        image = image[:, :-gap_px]
+    origins = [((k % cols) * (tw + gap_px), (k // cols) * (band_px + th) + band_px) for k in range(n)]
+    return TiledMaps(image=image.contiguous().numpy(), origins=origins, tile=(tw, th), channels=list(channels))
