@@ -51,7 +51,10 @@ def main(
             console.warn(warning)
         filters.write(run, result)
     if not quiet:
-        rows = [(f.name, "×".join(map(str, f.shape)), f"{f.tiles.shown}/{f.tiles.total}", f"{f.name}.png") for f in result.layers]
+        rows = [
+            (f.name, "×".join(map(str, f.shape)), f"{f.tiles.shown}/{f.tiles.total}", f"{f.name}.png")
+            for f in result.layers
+        ]
         columns = ["layer", "weight shape", ("filters drawn", "right"), "image"]
         console.console().print(console.table(f"Filters of run {run.id} ({normalize} scale)", columns, rows))
         console.info(f"Wrote {len(rows)} image{'s' * (len(rows) != 1)} to {run.dir / filters.SECTION}")
