@@ -143,7 +143,9 @@ def image_slug(image: InputImage) -> str:
         return f"{provenance['split']}-{provenance['index']}"
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", _stem(provenance.get("path", "image"))).strip("._-") or "image"
     slug = f"{stem[:40]}-{provenance.get('sha256', '')[:8]}"
-    return slug + ("-inverted" if provenance.get("invert") else "")
+    if provenance.get("preprocess") in ("resize", "none"):
+        slug += f"-{provenance['preprocess']}"
+    return slug + {True: "-inverted", False: "-not-inverted"}.get(provenance.get("invert"), "")
 
 
 def _stem(path: str) -> str:

@@ -168,3 +168,18 @@ def test_initial_weights_that_cannot_have_started_the_run_are_refused(store_copy
     result = cli("evolution", "--artifacts", store, "--initial")
     assert_clean_error(result, 2, "cannot rebuild the initial weights", "Adam steps", "Leave out --initial")
     assert tree_digest(store) == digest
+
+
+def test_own_picture_is_prepared_recorded_and_saved(store_copy, tmp_path):
+    store, run_id = store_copy
+    page = np.full((90, 60), 230, np.uint8)  # dark ink on light paper
+    page[20:70, 25:35] = 20
+    Image.fromarray(page).save(tmp_path / "ink.png")
+    doc = _run_json("--artifacts", store, "--run", run_id, "--format", "png", "--image", tmp_path / "ink.png")
+    assert doc["image"]["preprocess"] == "mnist" and doc["image"]["inverted"] is True
+    assert doc["image"]["steps"][0] == "dark on light: inverted"
+    seen = np.asarray(Image.open(doc["files"]["input"]))
+    assert seen.shape == (28, 28) and seen[0, 0] == 0 and seen.max() == 255
+    record = json.loads((store / run_id / "manifest.json").read_text())["outputs"]["evolution/conv1"]
+    assert record["image"]["steps"] == doc["image"]["steps"]
+    assert doc["files"]["input"].endswith(f"evolution/conv1/input-ink-{doc['image']['sha256'][:8]}.png")

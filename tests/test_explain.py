@@ -137,9 +137,10 @@ def test_own_picture(store_copy, tiny_data, tmp_path):
     pixels = bytes(255 if 5 <= r < 15 and 5 <= c < 15 else 0 for r in range(56) for c in range(56))
     Image.frombytes("L", (56, 56), pixels).save(picture)
     doc, result = _explain(artifacts, tiny_data, "--image", picture, "--method", "occlusion")
-    assert "resized 56×56 to 28×28" in result.stderr
-    assert doc["image"]["kind"] == "file"
+    assert "cropped to the 10×10 ink box" in result.stderr and "fitted into 20×20 (20×20)" in result.stderr
+    assert doc["image"]["kind"] == "file" and doc["image"]["preprocess"] == "mnist"
     assert "/explain/square-" in doc["figure"]
+    assert doc["images"] == [doc["figure"], doc["figure"].replace("explain.png", "input.png")]
     assert _tensors(doc["attributions"])[0]["occlusion"].shape == (28, 28)
 
 
@@ -165,7 +166,11 @@ def test_target_names_and_indices():
         (["--image", "3", "--target", "10"], 2, "unknown target"),
         (["--image", "3", "--method", "lime"], 2, "valid methods: saliency, integrated-gradients"),
         (["--image", "3", "--method", "gradcam", "--layer", "conv7"], 2, "valid layers: conv1, conv2"),
-        (["--image", "3", "--method", "saliency", "--layer", "conv1"], 2, "--layer only applies to --method gradcam or hirescam"),
+        (
+            ["--image", "3", "--method", "saliency", "--layer", "conv1"],
+            2,
+            "--layer only applies to --method gradcam or hirescam",
+        ),
         (["--image", "200"], 2, "0 to 199"),
         (["--image", "nothing.png"], 3, "does not exist"),
     ],

@@ -154,12 +154,20 @@ def test_own_picture_is_converted_and_described(store_copy, tmp_path):
     Image.fromarray(picture).save(tmp_path / "my digit.png")
     result = cli("featuremaps", "--image", tmp_path / "my digit.png", "--artifacts", store, "--json")
     assert result.exit_code == 0, result.stderr
-    assert "resized 40×56 to 28×28" in result.stderr and "grayscale" in result.stderr
+    steps = ["light on dark: kept", "cropped to the 10×30 ink box", "fitted into 20×20 (7×20)", "centred by mass"]
+    assert [line.removeprefix("input: ") for line in result.stderr.splitlines()[:4]] == steps
     doc = json.loads(result.stdout)
-    assert doc["input"]["provenance"]["kind"] == "file" and doc["input"]["label"] is None
-    sha8 = doc["input"]["provenance"]["sha256"][:8]
+    provenance = doc["input"]["provenance"]
+    assert provenance["kind"] == "file" and doc["input"]["label"] is None
+    assert (provenance["preprocess"], provenance["steps"], doc["input"]["notes"]) == ("mnist", steps, steps)
+    sha8 = provenance["sha256"][:8]
     assert doc["section"] == f"featuremaps/my_digit-{sha8}"
     assert all(f"/featuremaps/my_digit-{sha8}/" in p for p in doc["images"])
+    # What the network saw is saved beside the pictures: the 7×20 bar, centred.
+    seen = np.asarray(Image.open(store / run_id / doc["section"] / "input.png"))
+    assert doc["images"][0].endswith("/input.png") and seen.shape == (28, 28)
+    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    assert (len(rows), len(cols)) == (20, 7) and seen.max() == 255
 
 
 @pytest.mark.parametrize(
@@ -172,7 +180,7 @@ def test_own_picture_is_converted_and_described(store_copy, tmp_path):
         (("--image", "7", "--split", "dev"), 2, ("dev",)),
         (("--image", "7", "--invert"), 2, ("--invert",)),
         (("--image", "missing.png"), 3, ("missing.png",)),
-        (("--image", "notes.txt"), 3, ("not a readable image",)),
+        (("--image", "notes.txt"), 3, ("holds text, not a picture",)),
         (("--image", "nonsense"), 2, ("neither an image index",)),
     ],
 )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from pictures import MNIST_TEST, dataset_crops
 from PIL import Image
 
 from cnnviz_cli.data.reader import Picture
-from cnnviz_cli.data.recipes import prepare, prepare_file
+from cnnviz_cli.data.recipes import prepare, prepare_file, recipe_for, run_recipe
 from cnnviz_cli.errors import DataError
 
 
@@ -177,3 +179,13 @@ def test_boxes_are_told_in_the_files_pixels_even_when_decoded_smaller(tmp_path):
         "dark on light: inverted",
         "cropped to the 200×400 ink box",
     )
+
+
+def test_a_run_names_the_recipe_of_its_dataset(trained_store):
+    store, run_id = trained_store
+    manifest = json.loads((store / run_id / "manifest.json").read_text())
+    assert manifest["pictures"] == {"recipe": "mnist"}
+    assert run_recipe(manifest) == "mnist"
+    assert run_recipe({"dataset": "fashion-mnist"}) == "fashion-mnist"  # runs from before the record
+    assert run_recipe({"dataset": "my-photos", "pictures": {"recipe": "resize"}}) == "resize"
+    assert recipe_for("my-photos") == "resize"  # a dataset without its own recipe stretches pictures

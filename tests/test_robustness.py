@@ -261,8 +261,10 @@ def test_unknown_or_crafted_run_ids(command, run, code, needle, store_copy, tiny
         (["evolution", "--layer", "fc"], 2, "Valid layers: conv1, conv2"),
         (["patches", "--layer", "conv3"], 2, "Valid layers: conv1, conv2"),
         (["featuremaps", "--image", "missing.png"], 3, "does not exist"),
-        (["featuremaps", "--image", "notes.png"], 3, "not a readable image"),
-        (["explain", "--image", "notes.png"], 3, "not a readable image"),
+        (["featuremaps", "--image", "notes.png"], 3, "holds text, not a picture"),
+        (["explain", "--image", "notes.png"], 3, "holds text, not a picture"),
+        (["explain", "--image", "notes.png", "--preprocess", "crop"], 2, "Unknown --preprocess"),
+        (["featuremaps", "--image", "0", "--no-invert"], 2, "apply to your own pictures"),
         (["evaluate", "--batch-size", "0"], 2, "--batch-size"),
     ],
 )

@@ -12,6 +12,7 @@ from cnnviz_cli.commands.options import (
     InvertOpt,
     JsonOpt,
     OfflineOpt,
+    PreprocessOpt,
     QuietOpt,
     RunOpt,
     SplitOpt,
@@ -45,7 +46,8 @@ def main(
         ),
     ] = False,
     split: SplitOpt = "test",
-    invert: InvertOpt = False,
+    invert: InvertOpt = None,
+    preprocess: PreprocessOpt = None,
     data_dir: DataDirOpt = None,
     offline: OfflineOpt = False,
     artifacts: ArtifactsOpt = None,
@@ -54,7 +56,7 @@ def main(
 ) -> None:
     """Show how a layer's filters formed over training: one frame per epoch, on one shared colour scale.
 
-    Reads the run's per-epoch checkpoints (kept by `cnnviz train --keep-checkpoints all`, the default) and writes evolution/<layer>/filters.gif (or .png with --format png, or both), changes.png and evolution.json into the run. The table shows, per filter and epoch, the L2 distance of the weights to the previous epoch and the cosine similarity to the final filter. With --image, also the feature maps of that image at every epoch.
+    Reads the run's per-epoch checkpoints (kept by `cnnviz train --keep-checkpoints all`, the default) and writes evolution/<layer>/filters.gif (or .png with --format png, or both), changes.png and evolution.json into the run. The table shows, per filter and epoch, the L2 distance of the weights to the previous epoch and the cosine similarity to the final filter. With --image, also the feature maps of that image at every epoch (and, for your own picture, input-<image>.png: what the network saw).
 
     Example: cnnviz evolution --layer conv1 --image 7
     """
@@ -68,8 +70,8 @@ def main(
         raise UsageError(f"Unknown --format '{fmt}'.", f"Choose one of: {', '.join(FORMATS)}.")
     if split not in SPLITS:
         raise UsageError(f"Unknown split '{split}'.", f"Choose one of: {', '.join(SPLITS)}.")
-    if invert and image is None:
-        raise UsageError("--invert needs --image with the path of your own picture.")
+    if (invert is not None or preprocess is not None) and image is None:
+        raise UsageError("--invert, --no-invert and --preprocess need --image with the path of your own picture.")
 
     store = Store.from_option(artifacts)
     the_run = store.get_complete(run)
@@ -83,7 +85,9 @@ def main(
     if image is not None:
         from cnnviz_cli.data.pictures import resolve_image
 
-        picture = resolve_image(image, manifest, split=split, data_dir=data_dir, offline=offline, invert=invert)
+        picture = resolve_image(
+            image, manifest, split=split, data_dir=data_dir, offline=offline, invert=invert, preprocess=preprocess
+        )
         for note in picture.notes:
             console.info(f"note: {note}", quiet)
 
@@ -127,6 +131,7 @@ def epoch_label(epoch: int, last: int | None = None) -> str:
 
 
 def _write(the_run, evolution, *, fmt: str, split: str, image_spec: str | None, quiet: bool) -> dict:
+    from cnnviz_cli.data.pictures import save_input
     from cnnviz_cli.featuremaps import image_slug
     from cnnviz_cli.plots.common import png_bytes
     from cnnviz_cli.plots.evolution import (
@@ -199,6 +204,10 @@ def _write(the_run, evolution, *, fmt: str, split: str, image_spec: str | None, 
 
             if picture is None:
                 continue
+            if picture.provenance["kind"] == "file" and "input" not in written:
+                rel = f"{base}/input-{image_slug(picture)}.png"
+                save_input(picture, staging.path(rel, kind="image"))
+                written["input"] = staging.final_path(rel)
             rel = f"{base}/featuremaps-{image_slug(picture)}.{ext}"
             if ext == "gif":
                 frames = []

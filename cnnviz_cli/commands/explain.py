@@ -13,6 +13,7 @@ from cnnviz_cli.commands.options import (
     InvertOpt,
     JsonOpt,
     OfflineOpt,
+    PreprocessOpt,
     QuietOpt,
     RunOpt,
     SplitOpt,
@@ -44,7 +45,8 @@ def main(
                      show_default=False),
     ] = None,
     split: SplitOpt = "test",
-    invert: InvertOpt = False,
+    invert: InvertOpt = None,
+    preprocess: PreprocessOpt = None,
     data_dir: DataDirOpt = None,
     offline: OfflineOpt = False,
     artifacts: ArtifactsOpt = None,
@@ -55,7 +57,7 @@ def main(
 
     Methods (all computed with Captum): saliency (|gradient| of the class score), integrated-gradients (signed, from a black image; the attributions add up to the score's change), occlusion (a 5×5 black patch slid over the image), gradcam (on the last conv layer's ReLU output, upsampled to the input) and hirescam (gradient × activation on that layer, signed, without Grad-CAM's averaging).
 
-    Several methods give one comparison figure, a row per method. Writes explain/<image>/explain.png and the raw maps as explain/<image>/attributions.safetensors in the run folder.
+    Several methods give one comparison figure, a row per method. Writes explain/<image>/explain.png and the raw maps as explain/<image>/attributions.safetensors in the run folder; with your own picture also input.png, what the network saw (see --preprocess).
 
     Example: cnnviz explain --image 7 --method integrated-gradients --method gradcam --target Sneaker
     """
@@ -74,7 +76,7 @@ def main(
 
     import json
 
-    from cnnviz_cli.data.pictures import resolve_image
+    from cnnviz_cli.data.pictures import resolve_image, save_input
     from cnnviz_cli.featuremaps import image_slug
     from cnnviz_cli.models.probe import check_layers
     from cnnviz_cli.plots.common import png_bytes
@@ -93,7 +95,7 @@ def main(
     size = checkpoint.model_config.image_size
     picture = resolve_image(
         image, manifest, split=split, dataset=checkpoint.dataset, data_dir=data_dir, offline=offline,
-        invert=invert, size=size,
+        invert=invert, preprocess=preprocess, size=size,
     )
     for note in picture.notes:
         if note.startswith("note:"):
@@ -149,6 +151,9 @@ def main(
     with run.outputs(section, record=record) as staging:
         png_rel, tensors_rel = f"{section}/explain.png", f"{section}/attributions.safetensors"
         staging.write_bytes(png_rel, png_bytes(figure), kind="figure")
+        input_rel = f"{section}/input.png" if picture.provenance["kind"] == "file" else None
+        if input_rel:
+            save_input(picture, staging.path(input_rel, kind="image"))
         save_tensors(
             staging.path(tensors_rel, kind="tensors"),
             {a.method: a.values for a in result.attributions},
@@ -163,6 +168,7 @@ def main(
             },
         )
     png, tensors = str(staging.final_path(png_rel)), str(staging.final_path(tensors_rel))
+    shown = [png, str(staging.final_path(input_rel))] if input_rel else [png]
 
     if not quiet:
         console.info(
@@ -184,7 +190,7 @@ def main(
                 "target": target_doc,
                 "methods": methods_doc,
                 "figure": png,
-                "images": [png],
+                "images": shown,
                 "attributions": tensors,
                 "tensors": [tensors],
                 "notes": picture.notes,

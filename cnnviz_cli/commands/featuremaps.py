@@ -14,6 +14,7 @@ from cnnviz_cli.commands.options import (
     JsonOpt,
     LayerOpt,
     OfflineOpt,
+    PreprocessOpt,
     QuietOpt,
     RunOpt,
     SplitOpt,
@@ -39,7 +40,8 @@ def main(
             show_default=False,
         ),
     ] = None,
-    invert: InvertOpt = False,
+    invert: InvertOpt = None,
+    preprocess: PreprocessOpt = None,
     data_dir: DataDirOpt = None,
     offline: OfflineOpt = False,
     artifacts: ArtifactsOpt = None,
@@ -50,7 +52,10 @@ def main(
 
     Writes featuremaps/<image>/ in the run folder (e.g. featuremaps/test-7): <layer>-<stage>.png with the input beside every channel (or the --top K most active), overview.png with the input and every channel of every chosen layer in one figure, and activations.safetensors with the output of all three stages (conv, relu, pool) of the chosen layers under keys such as 'conv1.relu'.
 
-    Examples: cnnviz featuremaps --image 7  |  cnnviz featuremaps --image my_digit.png --invert --top 8
+    With your own picture (--image my_digit.png), input.png is what the network saw: the picture made like the
+    dataset's images (see --preprocess), every step listed on the terminal and in the --json notes.
+
+    Examples: cnnviz featuremaps --image 7  |  cnnviz featuremaps --image my_digit.png --top 8
     """
     from cnnviz_cli.training.device import command_performance
 
@@ -63,6 +68,7 @@ def main(
             stage=stage,
             top=top,
             invert=invert,
+            preprocess=preprocess,
             data_dir=data_dir,
             offline=offline,
             artifacts=artifacts,
@@ -71,7 +77,9 @@ def main(
         )
 
 
-def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, artifacts, json_out, quiet) -> None:
+def _main(
+    image, run_id, split, layer, stage, top, invert, preprocess, data_dir, offline, artifacts, json_out, quiet
+) -> None:
     from cnnviz_cli import console
     from cnnviz_cli.data.datasets import SPLITS
     from cnnviz_cli.errors import UsageError
@@ -86,7 +94,7 @@ def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, ar
     run = Store.from_option(artifacts).get_complete(run_id)
     manifest = run.manifest()
 
-    from cnnviz_cli.data.pictures import resolve_image
+    from cnnviz_cli.data.pictures import resolve_image, save_input
     from cnnviz_cli.featuremaps import STAGE_TITLES, capture_featuremaps, image_slug, top_channels
     from cnnviz_cli.models.probe import STAGES, check_layers
     from cnnviz_cli.plots.common import png_bytes
@@ -102,6 +110,7 @@ def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, ar
         data_dir=data_dir,
         offline=offline,
         invert=invert,
+        preprocess=preprocess,
         size=checkpoint.model_config.image_size,
     )
     for note in picture.notes:
@@ -118,7 +127,7 @@ def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, ar
         "" if truth is None else (" (correct)" if picture.label == maps.prediction else f" (true label: {truth})")
     )
     answer = f"predicted {predicted} ({maps.probability:.1%}){verdict}"
-    described = picture.description + (" (inverted)" if picture.provenance.get("invert") else "")
+    described = picture.description + (" (inverted)" if picture.provenance.get("inverted") else "")
     slug = image_slug(picture)
     section = f"featuremaps/{slug}"
     drawn = {f"{name}.{s}": maps.activations[f"{name}.{s}"] for name in layers for s in stages}
@@ -138,6 +147,10 @@ def _main(image, run_id, split, layer, stage, top, invert, data_dir, offline, ar
     }
     images, tensors = [], []
     with run.outputs(section, record=record) as staging:
+        if picture.provenance["kind"] == "file":
+            relpath = f"{section}/input.png"
+            save_input(picture, staging.path(relpath, kind="image"))
+            images.append(str(staging.final_path(relpath)))
         for key, activation in drawn.items():
             name, s = key.split(".")
             channels, (c, h, w) = chosen[key], activation.shape

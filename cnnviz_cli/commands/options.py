@@ -77,24 +77,22 @@ ImageOpt = Annotated[
     ),
 ]
 PreprocessOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--preprocess",
         help="How your own pictures become the model's input: dataset (made like the run's dataset images: "
         "cropped, size-normalised, centred, background to black), resize (the whole picture stretched) or "
-        "none (an exact-size picture, untouched).",
+        "none (an exact-size picture, untouched). (default: dataset)",
+        show_default=False,
     ),
 ]
-TriInvertOpt = Annotated[
+InvertOpt = Annotated[
     bool | None,
     typer.Option(
         "--invert/--no-invert",
         help="Force the polarity of your pictures. (default: found from each picture: its border is the background)",
         show_default=False,
     ),
-]
-InvertOpt = Annotated[
-    bool, typer.Option("--invert", help="Invert your picture (for dark strokes on a light background).")
 ]
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cnnviz_cli.commands.options import ArtifactsOpt, JsonOpt, PreprocessOpt, QuietOpt, RunOpt, TriInvertOpt
+from cnnviz_cli.commands.options import ArtifactsOpt, InvertOpt, JsonOpt, PreprocessOpt, QuietOpt, RunOpt
 
 COMMAND = "predict"
 
@@ -21,8 +21,8 @@ def main(
         ),
     ],
     run_id: RunOpt = None,
-    preprocess: PreprocessOpt = "dataset",
-    invert: TriInvertOpt = None,
+    preprocess: PreprocessOpt = None,
+    invert: InvertOpt = None,
     top: Annotated[
         int, typer.Option("--top", "-k", help="How many of the likeliest classes to list per picture.")
     ] = 3,
@@ -53,7 +53,7 @@ def main(
 
     if csv_out and json_out:
         raise UsageError("--csv and --json both claim stdout; choose one.")
-    check_preprocess(preprocess)
+    preprocess = check_preprocess(preprocess or "dataset")
     check_top(top)
     run = Store.from_option(artifacts).get_complete(run_id)
     found = picture_paths(paths, sys.stdin if "-" in paths else None)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.errors import DataError, UsageError
+from cnnviz_cli.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -50,52 +50,46 @@ def from_split(split: Split, spec: str) -> InputImage:
     )
 
 
-def from_file(path: Path, *, size: int = 28, invert: bool = False) -> InputImage:
-    """A picture file as a grayscale ``size``×``size`` image scaled to [0, 1], like the training data."""
+def from_file(
+    path: Path,
+    *,
+    size: int = 28,
+    invert: bool | None = None,
+    preprocess: str = "dataset",
+    recipe: str = "mnist",
+) -> InputImage:
+    """A picture file made into the model's input by ``preprocess`` (see ``data.recipes``), in [0, 1]."""
     import torch
-    from PIL import Image, UnidentifiedImageError
 
+    from cnnviz_cli.data.recipes import prepare_file
     from cnnviz_cli.store.runs import sha256_file
 
-    if not path.exists():
-        raise DataError(f"{path} does not exist.", "Pass an image index such as 7, or the path of a PNG or JPEG file.")
-    if path.is_dir():
-        raise DataError(f"{path} is a folder, not an image file.")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            original_mode, original_size = opened.mode, opened.size
-            image = opened
-            notes = []
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(background, image.convert("RGBA"))
-                notes.append("flattened transparency onto white")
-            if image.mode != "L":
-                image = image.convert("L")
-                notes.append(f"converted {original_mode} to grayscale")
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.Resampling.LANCZOS)
-                notes.append(f"resized {original_size[0]}×{original_size[1]} to {size}×{size}")
-            pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(size, size)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(
-            f"{path} is not a readable image ({type(exc).__name__}).", "Use a PNG or JPEG file."
-        ) from None
-    tensor = pixels.to(torch.float32).div(255.0)
-    if invert:
-        tensor = 1.0 - tensor
-        notes.append("inverted (dark strokes became light)")
-    notes.append("scaled pixels to [0, 1]")
-    if not invert and float(tensor.mean()) > 0.5:
-        notes.append("note: the picture is mostly light, but the training images are light on dark; try --invert")
+    prepared = prepare_file(path, preprocess=preprocess, recipe=recipe, invert=invert, size=size)
     return InputImage(
-        tensor=tensor.reshape(1, 1, size, size),
+        tensor=torch.from_numpy(prepared.pixels).reshape(1, 1, size, size),
         label=None,
         description=f"{path.name}",
-        provenance={"kind": "file", "path": str(path), "sha256": sha256_file(path), "invert": invert},
-        notes=notes,
+        provenance={
+            "kind": "file",
+            "path": str(path),
+            "sha256": sha256_file(path),
+            "invert": invert,
+            "preprocess": prepared.preprocess,
+            "inverted": prepared.inverted,
+            "steps": list(prepared.notes),
+        },
+        notes=list(prepared.notes),
     )
+
+
+def save_input(image: InputImage, path: Path) -> Path:
+    """What the network saw, pixel for pixel: the input as an 8-bit grayscale PNG."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = image.tensor[0, 0].numpy()
+    Image.fromarray(np.round(pixels * 255).astype(np.uint8), mode="L").save(path)
+    return path
 
 
 def resolve_image(
@@ -106,20 +100,25 @@ def resolve_image(
     dataset: str | None = None,
     data_dir: Path | None = None,
     offline: bool = False,
-    invert: bool = False,
+    invert: bool | None = None,
+    preprocess: str | None = None,
     size: int = 28,
 ) -> InputImage:
-    """``spec`` is an index into ``split`` of the run's dataset, or a path to a picture."""
+    """``spec`` is an index into ``split`` of the run's dataset, or a path to a picture, which is prepared
+    by ``preprocess`` (default 'dataset': the recipe the run's dataset was made with)."""
     if is_index(spec):
         from cnnviz_cli.data.datasets import run_split
 
-        if invert:
-            raise UsageError("--invert applies to your own pictures, not to dataset images.")
+        if invert is not None or preprocess is not None:
+            raise UsageError("--invert, --no-invert and --preprocess apply to your own pictures, not to dataset images.")
         return from_split(run_split(manifest, split, dataset=dataset, data_dir=data_dir, offline=offline), spec)
+    from cnnviz_cli.data.recipes import check_preprocess, run_recipe
+
+    preprocess = check_preprocess(preprocess or "dataset")
     path = Path(spec).expanduser()
     if path.suffix.lower() not in IMAGE_SUFFIXES and not path.exists():
         raise UsageError(
             f"--image '{spec}' is neither an image index nor an existing picture file.",
             "Pass an index such as 7, or the path of a PNG or JPEG file.",
         )
-    return from_file(path, size=size, invert=invert)
+    return from_file(path, size=size, invert=invert, preprocess=preprocess, recipe=run_recipe(manifest))

@@ -56,7 +56,7 @@ def recipe_for(dataset: str) -> str:
 
 def run_recipe(manifest: dict) -> str:
     """The recipe a run's pictures go through: as its manifest records, else its dataset's."""
-    recorded = (manifest.get("preprocessing") or {}).get("pictures")
+    recorded = (manifest.get("pictures") or {}).get("recipe")
     return recorded or recipe_for(manifest.get("dataset") or "mnist")
 
 
@@ -148,8 +148,9 @@ def _remove_background(
     if marks.size == 0:
         raise DataError("Nothing stands out from the picture's background: it looks blank.")
     ink = float(np.percentile(marks, 99)) if marks.size >= 100 else float(marks.max())
-    # Ink already as strong as the datasets' keeps its values (a dataset crop passes through unchanged).
-    top = ink if stretch and ink < 0.9 else 1.0
+    # On a clean black background, ink already as strong as the datasets' keeps its values (a dataset
+    # crop passes through unchanged); on paper, the ink is brought to full strength like the datasets' strokes.
+    top = ink if stretch and (ink < 0.9 or floor > 0) else 1.0
     if floor <= 0 and top == 1.0:
         return values
     texture = f" ±{noise * 255:.0f}" if noise * 255 >= 0.5 else ""

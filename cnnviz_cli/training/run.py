@@ -24,6 +24,7 @@ import torch
 from cnnviz_cli import __version__
 from cnnviz_cli.config import TrainConfig
 from cnnviz_cli.data.datasets import CLASS_NAMES, load_split, to_float
+from cnnviz_cli.data.recipes import recipe_for
 from cnnviz_cli.errors import ArtifactError, Interrupted, UsageError
 from cnnviz_cli.models.network import Net
 from cnnviz_cli.store.checkpoint import MODEL_FILE, load_checkpoint, read_tensors, save_checkpoint, save_tensors
@@ -246,6 +247,7 @@ def _train_run(
                 "train_size": len(train),
                 "val_size": len(val),
                 "classes": list(classes),
+                "pictures": {"recipe": recipe_for(config.dataset)},
                 "versions": _versions(),
                 "history": [],
             }
