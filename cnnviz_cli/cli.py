@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - older typer on click
 
 from cnnviz_cli import __version__
 from cnnviz_cli.errors import EXIT_USAGE, CnnvizError
+from cnnviz_cli.training.distributed import worker_error
 
 # Order of the commands in `cnnviz --help`.
 COMMANDS = (
@@ -63,7 +64,8 @@ class CnnvizGroup(TyperGroup):
         except CnnvizError as exc:
             if console.debug_enabled():
                 raise
-            console.error(str(exc))
+            if worker_error(str(exc), exc.exit_code):
+                console.error(str(exc))
             ctx.exit(exc.exit_code)
         except click_exceptions.UsageError as exc:
             if isinstance(exc, click_exceptions.NoArgsIsHelpError):

@@ -51,6 +51,15 @@ def main(
             help="Continue an interrupted or killed run to its epochs (or to --epochs, to train it further).",
         ),
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc",
+            help="Train in N processes on this machine (DistributedDataParallel); each takes batch-size/N "
+            "images per step. Under torchrun, leave it out. (default: 1)",
+            show_default=False,
+        ),
+    ] = None,
     artifacts: ArtifactsOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -58,6 +67,8 @@ def main(
     """Train the CNN and store the run (checkpoints, manifest, history, curves) in a new run folder.
 
     Example: cnnviz train --dataset fashion-mnist --epochs 10
+
+    Example: cnnviz train --nproc 2 (several processes; see the README for torchrun on several machines)
     """
     from cnnviz_cli.config import ModelConfig, TrainConfig
     from cnnviz_cli.data.datasets import check_dataset
@@ -78,6 +89,15 @@ def main(
     )
     store = Store.from_option(artifacts)
 
+    from cnnviz_cli.training import distributed
+
+    if distributed.launch_needed(nproc):
+        if resume is None:
+            distributed.check_batch_divides(batch_size, nproc)
+        store.check_writable()
+        distributed.launch(nproc, command_line(ctx)[1:])
+        return
+
     from cnnviz_cli import console
     from cnnviz_cli.training.run import train_run
 
@@ -97,6 +117,8 @@ def main(
     finally:
         progress.close()
     elapsed = time.perf_counter() - started
+    if not distributed.world().is_main:
+        return
 
     if not quiet:
         console.result(_summary(result, elapsed))

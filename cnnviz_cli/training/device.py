@@ -82,7 +82,7 @@ def channels_last(model: nn.Module, device: torch.device) -> Iterator[None]:
     """
     weights = [p for p in model.parameters() if p.dim() == 4]
     # Under inference mode the converted weights would become inference tensors: leave them alone.
-    if device.type != "cpu" or not weights or torch.is_inference_mode_enabled() or all(map(_is_nhwc, weights)):
+    if device.type != "cpu" or not weights or torch.is_inference_mode_enabled() or _held_nhwc(weights):
         yield
         return
     model.to(memory_format=torch.channels_last)
@@ -92,8 +92,11 @@ def channels_last(model: nn.Module, device: torch.device) -> Iterator[None]:
         model.to(memory_format=torch.contiguous_format)
 
 
-def _is_nhwc(tensor: torch.Tensor) -> bool:
-    return tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
+def _held_nhwc(weights: list[torch.Tensor]) -> bool:
+    """Already channels-last (a model held so for good, as under DistributedDataParallel): leave it alone.
+    A weight with one input channel is both layouts at once, so it alone decides nothing."""
+    nhwc = [w.is_contiguous(memory_format=torch.channels_last) for w in weights]
+    return all(nhwc) and not all(w.is_contiguous() for w in weights)
 
 
 def autocast(device: torch.device, precision: str):

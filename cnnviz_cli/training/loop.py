@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,9 @@ from torch import nn
 
 from cnnviz_cli.progress import BatchCallback
 from cnnviz_cli.training.device import autocast, channels_last
+
+if TYPE_CHECKING:
+    from cnnviz_cli.training.distributed import Comm
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -35,10 +39,16 @@ def train_epoch(
     precision: str = "fp32",
     on_batch: BatchCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    comm: Comm | None = None,
 ) -> EpochStats | None:
     """One pass over ``images`` (float, on the model's device) in shuffled batches; None if stopped early.
 
     Each batch is gathered with one ``index_select`` into a fresh contiguous tensor (no per-sample work).
+
+    With ``comm`` over several processes (``model`` wrapped in DistributedDataParallel), every rank
+    draws the same permutation and takes its own contiguous part of each global batch; its loss is
+    scaled so that DDP's average of the ranks' gradients is the gradient of the whole batch's mean
+    loss, as one process computes it. The ranks agree before each batch whether to stop.
     """
     model.train()
     device = images.device
@@ -47,22 +57,35 @@ def train_epoch(
     batches = (n + batch_size - 1) // batch_size
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    processes = comm.size if comm is not None else 1
     with channels_last(model, device):
         for b in range(batches):
-            if should_stop is not None and should_stop():
+            stop = should_stop is not None and should_stop()
+            if (comm.any(stop) if comm is not None else stop):
                 return None
             idx = order[b * batch_size : (b + 1) * batch_size]
+            batch_images = idx.shape[0]
+            if processes > 1:
+                idx = comm.shard(idx)
             data, target = images.index_select(0, idx), labels.index_select(0, idx)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, precision):
                 output = model(data)
-                loss = F.cross_entropy(output, target)
+                if processes == 1:
+                    loss = F.cross_entropy(output, target)
+                    summed = loss.detach().double() * target.shape[0]
+                else:
+                    summed = F.cross_entropy(output, target, reduction="sum")
+                    loss = summed * (processes / batch_images)
             loss.backward()
             optimizer.step()
-            total_loss += loss.detach().double() * target.shape[0]
+            total_loss += summed.detach().double()
             correct += (output.detach().argmax(1) == target).sum()
             if on_batch is not None:
                 on_batch(b + 1, batches)
+    if comm is not None:
+        comm.sum_(total_loss)
+        comm.sum_(correct)
     return EpochStats(float(total_loss) / n, int(correct) / n)
 
 
@@ -95,10 +118,21 @@ def evaluate(
     *,
     batch_size: int = 1024,
     on_batch: BatchCallback | None = None,
+    comm: Comm | None = None,
 ) -> EpochStats:
-    """Mean cross-entropy and accuracy of ``model`` on a labelled set."""
+    """Mean cross-entropy and accuracy of ``model`` on a labelled set.
+
+    With ``comm`` each rank scores its own slice of the images and the ranks add up their loss sums
+    and exact counts of right answers.
+    """
+    n = labels.shape[0]
+    if comm is not None:
+        images, labels = comm.shard(images), comm.shard(labels)
     logits = predict_logits(model, images, batch_size=batch_size, on_batch=on_batch)
     labels = labels.cpu()
-    loss = F.cross_entropy(logits, labels, reduction="sum").item() / labels.shape[0]
-    accuracy = (logits.argmax(1) == labels).sum().item() / labels.shape[0]
-    return EpochStats(loss, accuracy)
+    loss_sum = F.cross_entropy(logits, labels, reduction="sum").double()
+    correct = (logits.argmax(1) == labels).sum()
+    if comm is not None:
+        comm.sum_(loss_sum)
+        comm.sum_(correct)
+    return EpochStats(loss_sum.item() / n, correct.item() / n)

@@ -3,6 +3,9 @@
 The run is visible with status ``running`` from its first moment and becomes ``complete`` only after
 its last file is in place. SIGINT/SIGTERM stop it at the next batch: the finished epochs' checkpoints
 stay, the run is marked ``interrupted`` and can be continued with ``resume``.
+
+Under a launcher (``--nproc``, torchrun) every process runs ``train_run``: rank 0 alone touches the
+store and reports progress; see ``training/distributed.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from cnnviz_cli.models.network import Net
 from cnnviz_cli.store.checkpoint import MODEL_FILE, load_checkpoint, read_tensors, save_checkpoint, save_tensors
 from cnnviz_cli.store.runs import Run, Store, atomic_write_bytes, effective_status, utc_now
 from cnnviz_cli.training.device import pick_device
+from cnnviz_cli.training.distributed import Comm, check_batch_divides, check_enough_images, joined
 from cnnviz_cli.training.loop import EpochStats, epoch_generator, evaluate, train_epoch
 
 HISTORY_FILE = "history.csv"
@@ -195,9 +199,11 @@ def train_run(
     SIGINT/SIGTERM are caught for the whole call: before the run exists they cancel cleanly, later
     they stop training at the next batch boundary.
     """
-    with _stop_on_signals() as stop:
+    with _stop_on_signals() as stop, joined(pick_device(config.device)) as comm:
+        if not comm.is_main:
+            progress = None
         return _train_run(
-            store, config, data_dir, offline, progress or TrainProgress(), resume, epochs_given, command, stop
+            store, config, data_dir, offline, progress or TrainProgress(), resume, epochs_given, command, stop, comm
         )
 
 
@@ -211,13 +217,15 @@ def _train_run(
     epochs_given: bool,
     command: list[str] | None,
     stop: _StopFlag,
+    comm: Comm,
 ) -> TrainResult:
-    device = pick_device(config.device)
+    device = comm.device
     if resume is not None:
-        run, config, history = _prepare_resume(store, resume, config, epochs_given)
+        run, config, history = comm.by_main(lambda: _prepare_resume(store, resume, config, epochs_given))
     else:
-        store.check_writable()
+        comm.by_main(store.check_writable)
         run, history = None, []
+    check_batch_divides(config.batch_size, comm.size)
 
     train = load_split(
         config.dataset, "train", data_dir, offline,
@@ -228,15 +236,16 @@ def _train_run(
         val_fraction=config.val_fraction, seed=config.seed, limit=config.limit,
     )
     classes = CLASS_NAMES[config.dataset]
-    if stop():
+    check_enough_images(len(train), comm.size, "training")
+    if comm.any(stop()):
         raise Interrupted("Training was interrupted before it started; nothing was stored.")
 
     torch.manual_seed(config.seed)
-    model = Net(config.model).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    net = Net(config.model).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
 
     if run is None:
-        run = store.create_run(
+        run = comm.by_main(lambda: store.create_run(
             {
                 "command": command or [],
                 "options": config.to_dict(),
@@ -249,17 +258,17 @@ def _train_run(
                 "classes": list(classes),
                 "pictures": {"recipe": recipe_for(config.dataset)},
                 "versions": _versions(),
+                **({"distributed": comm.record()} if comm.size > 1 else {}),
                 "history": [],
             }
-        )
+        ))
     else:
-        _restart(run, config, len(history))
+        comm.by_main(lambda: _restart(run, config, len(history), comm.record()))
     if history:
-        last = len(history)
-        weights, _ = load_checkpoint(run.verified_file(epoch_checkpoint(last)), device)
-        model.load_state_dict(weights.state_dict())
-        opt_tensors, _ = read_tensors(run.verified_file(optimizer_checkpoint(last)))
-        _load_optimizer_tensors(optimizer, model, opt_tensors)
+        weights, opt_tensors = comm.by_main(lambda: _resume_state(run, len(history)))
+        net.load_state_dict(weights)
+        _load_optimizer_tensors(optimizer, net, opt_tensors)
+    model = comm.wrap(net)
 
     start_epoch = len(history) + 1
     train_x, train_y = to_float(train.images).to(device), train.labels.to(device)
@@ -267,6 +276,7 @@ def _train_run(
     batches = (len(train) + config.batch_size - 1) // config.batch_size
     progress.start(run.id, start_epoch, config.epochs, batches)
 
+    stopped = False
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             started = time.perf_counter()
@@ -277,34 +287,41 @@ def _train_run(
                 precision=config.precision,
                 on_batch=lambda done, total, e=epoch: progress.batch(e, done, total),
                 should_stop=stop,
+                comm=comm if comm.size > 1 else None,
             )
             if stats is None:
+                stopped = True
                 break
-            val_stats = evaluate(model, val_x, val_y, batch_size=max(1024, config.batch_size))
+            val_stats = evaluate(
+                net, val_x, val_y, batch_size=max(1024, config.batch_size), comm=comm if comm.size > 1 else None
+            )
             row = _epoch_row(epoch, stats, val_stats, time.perf_counter() - started)
-            _store_epoch(run, config, model, optimizer, classes, row)
+            comm.by_main(lambda row=row: _store_epoch(run, config, net, optimizer, classes, row))
             history.append(row)
             progress.epoch(row)
-            if stop():
+            if comm.any(stop()):
+                stopped = True
                 break
-        if stop() and len(history) < config.epochs:
-            _set_status(run, "interrupted", interrupted=utc_now())
+        if stopped and len(history) < config.epochs:
+            comm.by_main(lambda: _set_status(run, "interrupted", interrupted=utc_now()))
             done = len(history)
             raise Interrupted(
                 f"Training of run '{run.id}' was interrupted after {done} of {config.epochs} epochs; "
                 f"{'the checkpoint of epoch ' + str(done) + ' is kept' if done else 'no epoch had finished'}.",
                 f"Continue it with `cnnviz train --resume {run.id}`.",
             )
-        _finish(run, config, history, model, classes)
+        comm.by_main(lambda: _finish(run, config, history, net, classes))
     except Interrupted:
         raise
     except KeyboardInterrupt:
-        with contextlib.suppress(Exception):
-            _set_status(run, "interrupted", interrupted=utc_now())
+        if comm.is_main:
+            with contextlib.suppress(Exception):
+                _set_status(run, "interrupted", interrupted=utc_now())
         raise
     except BaseException as exc:
-        with contextlib.suppress(Exception):
-            _set_status(run, "failed", error=f"{type(exc).__name__}: {exc}"[:500])
+        if comm.is_main:
+            with contextlib.suppress(Exception):
+                _set_status(run, "failed", error=f"{type(exc).__name__}: {exc}"[:500])
         raise
 
     best = max(row["val_accuracy"] for row in history)
@@ -385,12 +402,22 @@ def _prepare_resume(
     return run, config, history
 
 
-def _restart(run: Run, config: TrainConfig, done: int) -> None:
+def _restart(run: Run, config: TrainConfig, done: int, distributed: dict | None = None) -> None:
     def change(manifest: dict) -> None:
         manifest["status"] = "running"
         manifest["owner"] = {"pid": os.getpid(), "host": socket.gethostname()}
         manifest["options"]["epochs"] = config.epochs
         manifest.pop("completed", None)
-        manifest.setdefault("resumed", []).append({"at": utc_now(), "from_epoch": done})
+        resumed = {"at": utc_now(), "from_epoch": done}
+        if distributed is not None:
+            resumed["distributed"] = distributed
+        manifest.setdefault("resumed", []).append(resumed)
 
     run.update_manifest(change)
+
+
+def _resume_state(run: Run, done: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The weights and optimizer state after epoch ``done``, checked against the manifest (on the CPU)."""
+    weights, _ = load_checkpoint(run.verified_file(epoch_checkpoint(done)), "cpu")
+    opt_tensors, _ = read_tensors(run.verified_file(optimizer_checkpoint(done)))
+    return weights.state_dict(), opt_tensors
