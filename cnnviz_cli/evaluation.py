@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from cnnviz_cli.data.datasets import Split
     from cnnviz_cli.store.checkpoint import Checkpoint
     from cnnviz_cli.store.runs import Run, Store
+    from cnnviz_cli.training.distributed import Comm
 
 __all__ = [
     "EVALUATION_SPLITS",
@@ -263,8 +264,12 @@ def evaluate_model(
     batch_size: int = 1024,
     on_batch: BatchCallback | None = None,
     top_mistakes: int = DEFAULT_TOP_MISTAKES,
+    comm: Comm | None = None,
 ) -> EvaluationResult:
-    """Evaluate ``model`` on every image of ``split`` in batches under ``torch.inference_mode()``."""
+    """Evaluate ``model`` on every image of ``split`` in batches under ``torch.inference_mode()``.
+
+    With ``comm`` each process scores its own contiguous slice of the images (none twice, no padding)
+    and every process receives all the class scores, so the metrics are those of one process."""
     from cnnviz_cli.data.datasets import to_float
     from cnnviz_cli.training.loop import predict_logits
 
@@ -272,7 +277,11 @@ def evaluate_model(
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}.")
     if len(split) == 0:
         raise DataError(f"The {split.dataset} {split.name} split holds no images; there is nothing to evaluate.")
-    logits = predict_logits(model, to_float(split.images), batch_size=batch_size, on_batch=on_batch)
+    images = to_float(split.images)
+    if comm is None:
+        logits = predict_logits(model, images, batch_size=batch_size, on_batch=on_batch)
+    else:
+        logits = comm.all_rows(predict_logits(model, comm.shard(images), batch_size=batch_size, on_batch=on_batch))
     return metrics_from_logits(
         logits, split.labels, split.classes, dataset=split.dataset, split=split.name, top_mistakes=top_mistakes
     )
@@ -348,6 +357,7 @@ def evaluate_run(
     from cnnviz_cli.data.datasets import check_dataset, run_split
     from cnnviz_cli.store.checkpoint import MODEL_FILE, load_run_model
     from cnnviz_cli.training.device import pick_device
+    from cnnviz_cli.training.distributed import check_enough_images, joined
 
     check_options(split, batch_size, top_mistakes)
     if dataset is not None:
@@ -362,13 +372,18 @@ def evaluate_run(
             f"not {dataset}.",
             "Drop --dataset, or use --split test.",
         )
-    torch_device = pick_device(device)
-    model, checkpoint = load_run_model(run, torch_device, MODEL_FILE)
-    data = run_split(manifest, split, dataset=dataset, data_dir=data_dir, offline=offline)
-    check_data_fits(data, checkpoint, run.id)
-    started = time.perf_counter()
-    result = evaluate_model(model, data, batch_size=batch_size, on_batch=on_batch, top_mistakes=top_mistakes)
-    seconds = time.perf_counter() - started
+    with joined(pick_device(device)) as comm:
+        torch_device = comm.device
+        model, checkpoint = load_run_model(run, torch_device, MODEL_FILE)
+        data = run_split(manifest, split, dataset=dataset, data_dir=data_dir, offline=offline)
+        check_data_fits(data, checkpoint, run.id)
+        check_enough_images(len(data), comm.size, f"{dataset} {split}")
+        started = time.perf_counter()
+        result = evaluate_model(
+            model, data, batch_size=batch_size, on_batch=on_batch, top_mistakes=top_mistakes,
+            comm=comm if comm.size > 1 else None,
+        )
+        seconds = time.perf_counter() - started
     options = {
         "run": run.id,
         "dataset": dataset,

@@ -16,12 +16,14 @@ from cnnviz_cli.commands.options import (
     OfflineOpt,
     QuietOpt,
     RunOpt,
+    command_line,
 )
 
 COMMAND = "evaluate"
 
 
 def main(
+    ctx: typer.Context,
     run: RunOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
@@ -37,6 +39,14 @@ def main(
     top_mistakes: Annotated[
         int, typer.Option("--top-mistakes", help="How many of the most confidently wrong images to show (0-100).")
     ] = 24,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc",
+            help="Score the images in N processes on this machine, each its own share. (default: 1)",
+            show_default=False,
+        ),
+    ] = None,
     artifacts: ArtifactsOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -52,11 +62,16 @@ def main(
     from cnnviz_cli import console
     from cnnviz_cli.evaluation import check_options, evaluate_run, write_evaluation
     from cnnviz_cli.store.runs import Store
+    from cnnviz_cli.training import distributed
 
     check_options(split, batch_size, top_mistakes)
     store = Store.from_option(artifacts)
+    if distributed.launch_needed(nproc):
+        distributed.launch(nproc, command_line(ctx)[1:])
+        return
+    main_process = distributed.world().is_main
     started = time.perf_counter()
-    with console.StepProgress(f"evaluating on {split}", quiet=quiet) as progress:
+    with console.StepProgress(f"evaluating on {split}", quiet=quiet or not main_process) as progress:
         evaluation = evaluate_run(
             store,
             run,
@@ -69,6 +84,8 @@ def main(
             on_batch=progress,
             top_mistakes=top_mistakes,
         )
+    if not main_process:
+        return
     files = write_evaluation(evaluation)
     elapsed = time.perf_counter() - started
     result = evaluation.result
