@@ -35,6 +35,7 @@ COMMANDS = (
     "filters",
     "featuremaps",
     "patches",
+    "maximize",
     "explain",
     "predict",
     "evolution",

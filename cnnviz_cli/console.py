@@ -200,6 +200,36 @@ class StepProgress:
             self._progress.__exit__(*exc)
 
 
+class StepPhases:
+    """Progress for loops that run one after another inside one core call: ``phase(description)`` gives a
+    callback that opens its own bar when first called and closes the previous one (Rich shows one live
+    display at a time)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self._current: StepProgress | None = None
+
+    def __enter__(self):
+        return self.phase
+
+    def phase(self, description: str):
+        def callback(done: int, total: int) -> None:
+            if self._current is None or self._current.description != description:
+                self._close()
+                self._current = StepProgress(description, self.quiet).__enter__()
+            self._current(done, total)
+
+        return callback
+
+    def _close(self) -> None:
+        if self._current is not None:
+            self._current.__exit__(None, None, None)
+            self._current = None
+
+    def __exit__(self, *exc) -> None:
+        self._close()
+
+
 def make_progress() -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),

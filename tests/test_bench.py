@@ -131,6 +131,20 @@ def test_loop_and_eval_workers(tiny_data, trained_store, keep_threads):
     assert ev["tutorial"]["accuracy"] == ev["cnnviz"]["accuracy"] > 0.5
 
 
+def test_maximize_workers_and_target(trained_store, keep_threads):
+    store, run_id = trained_store
+    spec = {"checkpoint": str(store / run_id / "model.safetensors"), "steps": 2}
+    textbook = bench.work_maximize({**spec, "variant": "textbook"})
+    assert (textbook["channels_run"], textbook["channels"]) == (bench.TEXTBOOK_CHANNELS, 32)
+    cnnviz = bench.work_maximize({**spec, "variant": "cnnviz"})
+    assert (cnnviz["channels_run"], cnnviz["channels"]) == (32, 32)
+    assert textbook["seconds"] > 0 and cnnviz["seconds"] > 0
+    R = bench.Row
+    for seconds, passed in ((9.0, True), (11.0, False)):
+        rows = [R("maximize", "maximize", "max", "s", "lower", baseline=[2.0], cnnviz=[seconds], ratio_inverted=True)]
+        assert [(t["key"], t["pass"]) for t in bench.evaluate_targets(rows, {})] == [("maximize", passed)]
+
+
 def test_filter_plot_baseline_extrapolates(tmp_path):
     small = bench.synthetic_weight(4, 2, 3)
     whole = bench.tutorial_filter_plot(small, tmp_path / "small.png", budget_s=60)

@@ -1,0 +1,470 @@
+"""Feature visualization by optimization: the inputs a trained network itself finds most exciting.
+
+For every requested channel of a layer (or every requested class of the logits) one image is optimised by
+gradient ascent, all of them at once as one batch. Small inputs are taken seriously, unlike the
+ImageNet-sized recipes (Olah et al., "Feature Visualization", Distill 2017), which upsample to 224 px and
+jitter by 8-16 px:
+
+* The objective of a channel is its unit at the centre of the layer's output map (a "neuron"), so the
+  picture is comparable with the dataset patches of the same layer, which are receptive-field crops
+  around one unit; the objective of a class is its logit.
+* The image is parameterised so that it is always a valid input: pixels are ``sigmoid(p)`` in [0, 1];
+  for colour images the pre-sigmoid image is built from a Fourier spectrum scaled by 1/frequency and its
+  colours from a decorrelated basis, which makes gradient steps favour smooth, natural colours. The
+  network sees the image after the run's normalisation ((x - mean) / std).
+* Robustness transforms are scaled to the input: a random shift of up to 1/28 of the side (1 px at
+  28 px, 8 px at 224 px) and a scale change of a few percent, redrawn every step for every image.
+* Penalties, per image: total variation (summed squared differences of neighbouring pixels) and L2
+  (summed squared distance from mid-grey, 0.5), both measured in [0, 1] pixel units. The objective is divided by
+  the spread of the layer's output on the starting images, so the penalty weights mean the same on any
+  layer of any network.
+
+Everything random comes from one ``torch.Generator`` seeded with ``seed``: the same seed, the same images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cnnviz_cli.config import check_at_least, check_choice
+from cnnviz_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from cnnviz_cli.patches import TopK
+
+__all__ = [
+    "PARAMETERISATIONS",
+    "MaximizeConfig",
+    "Maximized",
+    "color_basis",
+    "dataset_top",
+    "find_module",
+    "maximize",
+    "probe_output",
+]
+
+PARAMETERISATIONS = ("auto", "pixel", "fourier")
+StepCallback = Callable[[int, int], None]  # (done, total): steps, or batches of images
+
+
+@dataclass(frozen=True)
+class MaximizeConfig:
+    """How the images are optimised. ``None`` for jitter means "scaled to the input size"."""
+
+    steps: int = 256
+    lr: float = 0.1
+    seed: int = 0
+    tv: float = 0.05
+    l2: float = 0.002
+    jitter: int | None = None
+    scale: float = 0.05
+    transforms: bool = True
+    parameterisation: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_at_least(self.steps, 1, "--steps")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be a positive number, got {self.lr}.")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be zero or positive, got {self.seed}.")
+        for name in ("tv", "l2", "scale"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise UsageError(f"The {name} setting must be zero or positive, got {value}.")
+        if self.scale >= 1:
+            raise UsageError(f"The scale change must be below 1 (a fraction of the size), got {self.scale}.")
+        if self.jitter is not None and self.jitter < 0:
+            raise UsageError(f"The jitter must be zero or positive, got {self.jitter}.")
+        check_choice(self.parameterisation, PARAMETERISATIONS, "parameterisation")
+
+    def jitter_for(self, height: int, width: int) -> int:
+        """Largest shift in pixels: 1/28 of the shorter side, rounded, at least 1 (1 px at 28 px, 8 at 224).
+
+        At 28 px a shift of 2 px already costs a fifth of the activation the images reach on the tutorial
+        network (measured on conv2) for no visible gain in cleanliness; TV does the smoothing.
+        """
+        if self.jitter is not None:
+            return self.jitter
+        return max(1, round(min(height, width) / 28))
+
+
+@dataclass
+class Maximized:
+    """The optimised images and what they reach, measured on the images as they are (no transforms).
+
+    ``images``: (N, C, H, W) float32 pixels in [0, 1], before the run's normalisation.
+    ``activations``: (N,) the objective reached: the centre unit of each channel, or each class's logit.
+    ``peaks``: (N,) the channel's largest value anywhere on its image (equal to ``activations`` for classes).
+    ``probabilities``: (N,) softmax probability of each class (classes only, else None).
+    ``unit``: (row, column) of the centre unit in the layer's output map (None for classes).
+    """
+
+    layer: str | None
+    indices: tuple[int, ...]
+    images: torch.Tensor
+    activations: torch.Tensor
+    peaks: torch.Tensor
+    probabilities: torch.Tensor | None
+    unit: tuple[int, int] | None
+    output_shape: tuple[int, ...]
+
+
+class _Reached(Exception):
+    """Stops a forward pass once the observed module has produced its output."""
+
+
+def find_module(model: nn.Module, layer: str) -> nn.Module:
+    """The submodule with dotted name ``layer`` ('conv2', 'layer3.1.conv2'); unknown names are refused."""
+    names = [name for name, _ in model.named_modules() if name]
+    if layer not in names:
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        raise UsageError(f"Unknown layer '{layer}'.", f"Layers of this model: {shown}.")
+    return model.get_submodule(layer)
+
+
+@contextlib.contextmanager
+def _observe(model: nn.Module, layer: str | None) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """A function input -> output of ``layer`` (the model's output for None) that runs no further than needed.
+
+    The hook ends the forward pass as soon as the layer has produced its output, so later layers cost
+    nothing; it comes off when the block ends, also on errors.
+    """
+    if layer is None:
+        yield model
+        return
+    module = find_module(model, layer)
+    box: list[torch.Tensor] = []
+
+    def hook(_module, _inputs, output):
+        if not hasattr(output, "dim"):
+            raise UsageError(f"Layer '{layer}' does not output a tensor ({type(output).__name__}).")
+        box.append(output)
+        raise _Reached
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        box.clear()
+        try:
+            model(x)
+        except _Reached:
+            return box[0]
+        raise UsageError(f"Layer '{layer}' is not used by the model's forward pass.")
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield run
+    finally:
+        handle.remove()
+
+
+def probe_output(model: nn.Module, layer: str | None, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape (without batch) of ``layer``'s output for one input of ``input_shape`` (C, H, W)."""
+    import torch
+
+    device = _device_of(model)
+    with torch.no_grad(), _observe(model, layer) as run:
+        return tuple(run(torch.zeros((1, *input_shape), device=device)).shape[1:])
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    import torch
+
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _check_indices(layer: str | None, indices: Sequence[int], shape: tuple[int, ...]) -> tuple[int, ...]:
+    what = "class" if layer is None else "channel"
+    if layer is None and len(shape) != 1:
+        raise UsageError(f"The model's output has shape {list(shape)}, not one score per class.")
+    if layer is not None and len(shape) != 3:
+        raise UsageError(
+            f"Layer '{layer}' has no spatial output (its output per image has shape {list(shape)}).",
+            "Pick a convolutional layer, or use --class for the class scores.",
+        )
+    count = shape[0]
+    bad = [i for i in indices if not 0 <= i < count]
+    if bad:
+        where = "the model has" if layer is None else f"layer '{layer}' has"
+        raise UsageError(
+            f"No {what} {', '.join(str(b) for b in bad)}: {where} {count} ({what} 0 to {count - 1})."
+        )
+    return tuple(dict.fromkeys(int(i) for i in indices)) if indices else tuple(range(count))
+
+
+def color_basis(pixels: torch.Tensor) -> torch.Tensor:
+    """A (C, C) matrix that turns independent components into colours correlated like ``pixels`` (M, C).
+
+    It is the symmetric square root of the colours' covariance, scaled so that its largest column has
+    length 1: optimising in this basis moves along the dataset's main colour directions first.
+    """
+    import torch
+
+    centred = pixels.double() - pixels.double().mean(dim=0)
+    cov = centred.T @ centred / max(1, pixels.shape[0] - 1)
+    values, vectors = torch.linalg.eigh(cov)
+    root = vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
+    norm = root.norm(dim=0).max()
+    if not norm > 0:
+        return torch.eye(pixels.shape[1])
+    return (root / norm).float()
+
+
+class _Pixels:
+    """Images as ``sigmoid(logits)``: every value of every step is a valid pixel."""
+
+    def __init__(self, start: torch.Tensor):
+        self.logits = start.requires_grad_()
+        self.params = [self.logits]
+
+    @staticmethod
+    def start(shape: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
+        import torch
+
+        return 0.1 * torch.randn(shape, generator=generator)
+
+    def __call__(self) -> torch.Tensor:
+        return self.logits.sigmoid()
+
+
+class _Fourier:
+    """Images from a spectrum scaled by 1/frequency, with colours in a decorrelated basis, then a sigmoid."""
+
+    def __init__(self, start: torch.Tensor, size: tuple[int, int], basis: torch.Tensor | None):
+        import torch
+
+        h, w = size
+        fy = torch.fft.fftfreq(h).reshape(-1, 1)
+        fx = torch.fft.rfftfreq(w).reshape(1, -1)
+        freq = (fy**2 + fx**2).sqrt().clamp_min(1.0 / max(h, w))
+        # 1/f keeps low frequencies dominant; normalised so that the image's pixel spread stays near 1.
+        scale = 1.0 / freq
+        self.scale = (scale / scale.square().mean().sqrt()).to(start.device)
+        self.spectrum = start.requires_grad_()
+        channels = start.shape[1]
+        self.basis = (basis if basis is not None else torch.eye(channels)).to(start.device)
+        self.size = size
+        self.params = [self.spectrum]
+
+    @staticmethod
+    def start(shape: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
+        import torch
+
+        c, h, w = shape
+        return 0.01 * torch.randn((c, h, w // 2 + 1, 2), generator=generator)
+
+    def __call__(self) -> torch.Tensor:
+        import torch
+
+        spectrum = torch.view_as_complex(self.spectrum) * self.scale
+        image = torch.fft.irfft2(spectrum, s=self.size, norm="ortho")
+        image = torch.einsum("cd,ndhw->nchw", self.basis, image)
+        return image.sigmoid()
+
+
+class _Adam:
+    """Adam (Kingma & Ba, 2015) with its default betas, written out: ``torch.optim`` imports torch._dynamo
+    on first use, which costs more than a whole 256-step optimisation of the tutorial's conv2."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        import torch
+
+        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+        self.steps = 0
+
+    def step(self) -> None:
+        import torch
+
+        self.steps += 1
+        b1, b2 = self.betas
+        size = self.lr / (1 - b1**self.steps)
+        with torch.no_grad():
+            for p, (m, v) in zip(self.params, self.moments, strict=True):
+                m.mul_(b1).add_(p.grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                denom = (v / (1 - b2**self.steps)).sqrt_().add_(self.eps)
+                p.addcdiv_(m, denom, value=-size)
+                p.grad = None
+
+
+def _transform(
+    images: torch.Tensor, jitter: int, scale: float, generator: torch.Generator, rows: torch.Tensor, count: int
+) -> torch.Tensor:
+    """Every image shifted by up to ``jitter`` px and scaled by 1 ± ``scale``, its own draw each.
+
+    Draws are made for all ``count`` channels (or classes) and ``rows`` picks the optimised ones, so an
+    image does not depend on which others are optimised with it.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    n, _c, h, w = images.shape
+    shifts = torch.randint(-jitter, jitter + 1, (count, 2), generator=generator)[rows].float()
+    zoom = 1.0 + scale * (2 * torch.rand(count, generator=generator)[rows] - 1)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = 1.0 / zoom
+    theta[:, 1, 1] = 1.0 / zoom
+    # affine_grid works in [-1, 1] coordinates (align_corners=False: one pixel is 2/size).
+    theta[:, 0, 2] = shifts[:, 1] * 2.0 / w
+    theta[:, 1, 2] = shifts[:, 0] * 2.0 / h
+    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Per image: sum of squared differences between vertical and horizontal neighbours."""
+    dy = (images[:, :, 1:, :] - images[:, :, :-1, :]).square().flatten(1).sum(1)
+    dx = (images[:, :, :, 1:] - images[:, :, :, :-1]).square().flatten(1).sum(1)
+    return dy + dx
+
+
+def maximize(
+    model: nn.Module,
+    layer: str | None,
+    indices: Sequence[int] = (),
+    *,
+    input_shape: Sequence[int],
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
+    config: MaximizeConfig | None = None,
+    basis: torch.Tensor | None = None,
+    on_step: StepCallback | None = None,
+) -> Maximized:
+    """Optimise one input per channel of ``layer`` (per class of the logits when ``layer`` is None).
+
+    ``indices``: the channels (or classes); all of them when empty. ``input_shape``: (C, H, W) of one input.
+    ``mean``/``std``: the run's normalisation, one value or one per input channel. ``basis``: colour basis
+    for the Fourier parameterisation (see ``color_basis``), identity when None. The model is used in eval
+    mode and left unchanged (its parameters receive no gradients).
+    """
+    import torch
+
+    config = config or MaximizeConfig()
+    c, h, w = (int(v) for v in input_shape)
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    shape = probe_output(model, layer, (c, h, w))
+    indices = _check_indices(layer, indices, shape)
+    n = len(indices)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+    kind = config.parameterisation
+    if kind == "auto":
+        kind = "pixel" if c == 1 else "fourier"
+    parameterisation = _Pixels if kind == "pixel" else _Fourier
+
+    def start(index: int) -> torch.Tensor:
+        # Each channel's start image has its own generator, so it is the same whatever else is optimised.
+        return parameterisation.start((c, h, w), torch.Generator().manual_seed(config.seed * 1_000_003 + index))
+
+    def make(starts: list[torch.Tensor]):
+        batch = torch.stack(starts).to(device)
+        return _Pixels(batch) if kind == "pixel" else _Fourier(batch, (h, w), basis)
+
+    image_of = make([start(i) for i in indices])
+    # The objective is divided by the spread of the layer's output on the start images of (up to) its
+    # first 8 channels: a scale of the layer, not of the channels chosen.
+    reference = make([start(i) for i in range(min(shape[0], 8))])
+    generator = torch.Generator().manual_seed(config.seed)
+    jitter = config.jitter_for(h, w) if config.transforms else 0
+    scale = config.scale if config.transforms else 0.0
+    rows = torch.arange(n, device=device)
+    channels = torch.tensor(indices, device=device)
+    unit = None if layer is None else (shape[1] // 2, shape[2] // 2)
+
+    def objective(output: torch.Tensor) -> torch.Tensor:
+        if layer is None:
+            return output[rows, channels]
+        return output[rows, channels, unit[0], unit[1]]
+
+    requires_grad = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with _observe(model, layer) as run:
+            with torch.no_grad():
+                spread = run((reference() - mean_t) / std_t).float().std().item()
+            norm = spread if spread > 1e-8 and math.isfinite(spread) else 1.0
+            optimizer = _Adam(image_of.params, config.lr)
+            for step in range(config.steps):
+                images = image_of()
+                seen = _transform(images, jitter, scale, generator, channels.cpu(), shape[0]) if jitter or scale else images
+                reached = objective(run((seen - mean_t) / std_t)) / norm
+                penalty = config.tv * _total_variation(images) + config.l2 * (images - 0.5).square().flatten(1).sum(1)
+                loss = (penalty - reached).sum()
+                loss.backward()
+                optimizer.step()
+                if on_step is not None:
+                    on_step(step + 1, config.steps)
+            with torch.no_grad():
+                images = image_of().detach()
+                output = run((images - mean_t) / std_t).float()
+    finally:
+        for p, flag in zip(model.parameters(), requires_grad, strict=True):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    activations = objective(output).cpu()
+    if layer is None:
+        peaks = activations.clone()
+        probabilities = output.softmax(dim=1)[rows, channels].cpu()
+    else:
+        peaks = output[rows, channels].flatten(1).amax(dim=1).cpu()
+        probabilities = None
+    return Maximized(layer, indices, images.cpu(), activations, peaks, probabilities, unit, shape)
+
+
+def dataset_top(
+    model: nn.Module,
+    layer: str | None,
+    indices: Sequence[int],
+    images: torch.Tensor,
+    *,
+    k: int = 1,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
+    batch_size: int = 512,
+    on_batch: StepCallback | None = None,
+) -> TopK:
+    """The ``k`` real images on which each channel (at its strongest position) or class score is highest.
+
+    ``images``: (N, H, W) or (N, C, H, W), uint8 (0..255) or float in [0, 1], normalised here like the
+    optimised ones. Returns a TopK of shape (len(indices), k), strongest first (positions are 0 for
+    class scores); ``values[:, 0]`` is the largest value over all the images. Ties go to the lower index.
+    """
+    import torch
+
+    from cnnviz_cli.patches import RunningTopK
+
+    n = int(images.shape[0])
+    if n == 0:
+        raise UsageError("There are no images to compare with.")
+    device = _device_of(model)
+    rows = torch.tensor(list(indices), dtype=torch.int64)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+    running = RunningTopK(min(k, n))
+    was_training = model.training
+    model.eval()
+    batches = (n + batch_size - 1) // batch_size
+    try:
+        with torch.inference_mode(), _observe(model, layer) as run:
+            for b in range(batches):
+                start = b * batch_size
+                batch = images[start : start + batch_size]
+                batch = batch.unsqueeze(1) if batch.dim() == 3 else batch
+                batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
+                output = run((batch.to(device) - mean_t) / std_t).float().cpu()[:, rows]
+                running.update(output if output.dim() == 4 else output[:, :, None, None], start)
+                if on_batch is not None:
+                    on_batch(b + 1, batches)
+    finally:
+        model.train(was_training)
+    return running.result()
