@@ -18,6 +18,7 @@ KEEP_CHECKPOINTS = ("all", "last")
 NORMALIZE_MODES = ("per-layer", "per-filter")  # filters: one colour scale per layer, or per filter
 STAGES = ("conv", "relu", "pool")  # the outputs of one conv block, in order
 SPLITS = ("train", "val", "test")
+PREPROCESS_MODES = ("dataset", "resize", "none")  # your own pictures: the dataset's recipe, stretched, as is
 
 # The weights of a finished run, inside its folder (epoch checkpoints live in checkpoints/).
 MODEL_FILE = "model.safetensors"
@@ -50,6 +51,10 @@ def check_batch_size(batch_size: int) -> int:
 
 def check_top(top: int) -> int:
     return check_at_least(top, 1, "--top")
+
+
+def check_preprocess(preprocess: str) -> str:
+    return check_choice(preprocess, PREPROCESS_MODES, "--preprocess")
 
 # The tutorial feeds ToTensor() output to the network: pixels / 255, no mean/std normalisation.
 PREPROCESSING = {"scale": "1/255", "range": "[0, 1]", "mean": 0.0, "std": 1.0, "layout": "NCHW float32"}

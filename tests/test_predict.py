@@ -14,7 +14,7 @@ from helpers import assert_clean_error, cli, shared_data, tree_digest
 from pictures import FASHION_TEST, KINDS, MNIST_TEST, dataset_crops, png_header_only, realistic_picture
 from PIL import Image
 
-from cnnviz_cli.prediction import picture_paths
+from cnnviz_cli.views.predict import picture_paths
 
 
 def digit_files(folder, count=4):
@@ -161,7 +161,7 @@ def test_unreadable_files_do_not_stop_the_batch_and_exit_3_at_the_end(trained_st
     [
         (["--csv", "--json"], "choose one"),
         (["--top", "0"], "--top must be at least 1"),
-        (["--preprocess", "crop"], "Unknown --preprocess 'crop'"),
+        (["--preprocess", "crop"], "Unknown --preprocess value 'crop'"),
     ],
 )
 def test_usage_errors(trained_store, tmp_path, args, needle):

@@ -263,7 +263,7 @@ def test_unknown_or_crafted_run_ids(command, run, code, needle, store_copy, tiny
         (["featuremaps", "--image", "missing.png"], 3, "does not exist"),
         (["featuremaps", "--image", "notes.png"], 3, "holds text, not a picture"),
         (["explain", "--image", "notes.png"], 3, "holds text, not a picture"),
-        (["explain", "--image", "notes.png", "--preprocess", "crop"], 2, "Unknown --preprocess"),
+        (["explain", "--image", "notes.png", "--preprocess", "crop"], 2, "Unknown --preprocess value"),
         (["featuremaps", "--image", "0", "--no-invert"], 2, "apply to your own pictures"),
         (["evaluate", "--batch-size", "0"], 2, "--batch-size"),
     ],

@@ -112,7 +112,8 @@ def resolve_image(
         if invert is not None or preprocess is not None:
             raise UsageError("--invert, --no-invert and --preprocess apply to your own pictures, not to dataset images.")
         return from_split(run_split(manifest, split, dataset=dataset, data_dir=data_dir, offline=offline), spec)
-    from cnnviz_cli.data.recipes import check_preprocess, run_recipe
+    from cnnviz_cli.config import check_preprocess
+    from cnnviz_cli.data.recipes import run_recipe
 
     preprocess = check_preprocess(preprocess or "dataset")
     path = Path(spec).expanduser()

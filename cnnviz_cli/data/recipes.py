@@ -17,10 +17,8 @@ from cnnviz_cli.data.reader import DEFAULT_MAX_PIXELS, Picture, read_picture
 from cnnviz_cli.errors import DataError, UsageError
 
 __all__ = [
-    "PREPROCESS_CHOICES",
     "RECIPES",
     "Prepared",
-    "check_preprocess",
     "prepare",
     "prepare_file",
     "recipe_for",
@@ -28,7 +26,6 @@ __all__ = [
 ]
 
 SIZE = 28
-PREPROCESS_CHOICES = ("dataset", "resize", "none")
 RECIPES = ("mnist", "fashion-mnist")
 """The dataset recipes; a run's dataset names the one its pictures go through (``recipe_for``)."""
 
@@ -58,14 +55,6 @@ def run_recipe(manifest: dict) -> str:
     """The recipe a run's pictures go through: as its manifest records, else its dataset's."""
     recorded = (manifest.get("pictures") or {}).get("recipe")
     return recorded or recipe_for(manifest.get("dataset") or "mnist")
-
-
-def check_preprocess(preprocess: str) -> str:
-    if preprocess not in PREPROCESS_CHOICES:
-        raise UsageError(
-            f"Unknown --preprocess '{preprocess}'.", f"Choose one of: {', '.join(PREPROCESS_CHOICES)}."
-        )
-    return preprocess
 
 
 def _to_gray(pixels: np.ndarray, notes: list[str]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""`predict`: many pictures through a run's model at once, each read and prepared like the dataset's images.
+"""The predict view: many pictures through a run's model at once (``compute``), each prepared like the
+run's dataset images. It writes nothing into the store: the answers are the result.
 
 Pictures are read and prepared in worker processes (one per usable core) while the model is loaded, then
 classified in large batches. A picture that cannot be read is kept in the results with its error.
@@ -14,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from cnnviz_cli.config import check_preprocess, check_top
 from cnnviz_cli.errors import DataError, UsageError
 
 if TYPE_CHECKING:
@@ -27,6 +29,19 @@ BATCH_SIZE = 512
 _CHUNK = 32  # pictures per hand-over from a worker: big enough to hide the hand-over, small enough to stream
 
 Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to read the pictures and how much to tell; checked when built, before the store is opened."""
+
+    preprocess: str = "dataset"
+    invert: bool | None = None  # None: each picture's polarity is found from its border
+    top: int = 3
+
+    def __post_init__(self) -> None:
+        check_preprocess(self.preprocess)
+        check_top(self.top)
 
 
 @dataclass(frozen=True)
@@ -207,19 +222,11 @@ def predict(
     return [r for r in results if r is not None]
 
 
-def check_top(top: int) -> int:
-    if top < 1:
-        raise UsageError(f"--top must be at least 1, got {top}.")
-    return top
-
-
-def run_predictions(
+def compute(
     run: Run,
     paths: list[Path],
+    options: PredictOptions,
     *,
-    preprocess: str = "dataset",
-    invert: bool | None = None,
-    top: int = 3,
     workers: int | None = None,
     on_progress: Progress | None = None,
 ) -> Predictions:
@@ -234,16 +241,16 @@ def run_predictions(
     manifest = run.manifest()
     recipe = run_recipe(manifest)
     size = int(((manifest.get("options") or {}).get("model") or {}).get("image_size", 28))
-    job = _Job(preprocess=preprocess, recipe=recipe, invert=invert, size=size)
+    job = _Job(preprocess=options.preprocess, recipe=recipe, invert=options.invert, size=size)
     with preparing(paths, job, cpu_threads() if workers is None else workers) as pictures:
         from cnnviz_cli.store.checkpoint import load_run_model
 
         model, checkpoint = load_run_model(run, "cpu")
-        files = predict(model, pictures, paths, top=top, on_progress=on_progress)
+        files = predict(model, pictures, paths, top=options.top, on_progress=on_progress)
     return Predictions(
         run_id=run.id,
         dataset=checkpoint.dataset,
         classes=tuple(checkpoint.classes),
-        preprocess=recipe if preprocess == "dataset" else preprocess,
+        preprocess=recipe if options.preprocess == "dataset" else options.preprocess,
         files=files,
     )
