@@ -19,7 +19,11 @@ ArtifactsOpt = Annotated[
 ]
 RunOpt = Annotated[
     str | None,
-    typer.Option("--run", help="Run id (see `cnnviz runs`). (default: the latest complete run)", show_default=False),
+    typer.Option(
+        "--run",
+        help="Run id, name, unique id prefix, or latest (see `cnnviz runs`). (default: latest, the newest complete run)",
+        show_default=False,
+    ),
 ]
 
 

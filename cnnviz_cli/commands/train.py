@@ -60,6 +60,12 @@ def main(
             show_default=False,
         ),
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", help="Name the run (unique in the store), to use it later as --run NAME.", show_default=False
+        ),
+    ] = None,
     artifacts: ArtifactsOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -113,19 +119,22 @@ def main(
             resume=resume,
             epochs_given=ctx.get_parameter_source("epochs").name != "DEFAULT",
             command=command_line(ctx),
+            name=name,
         )
     finally:
         progress.close()
     elapsed = time.perf_counter() - started
     if not distributed.world().is_main:
         return
+    name = store.get(result.run_id).name  # a resumed run keeps the name it has
 
     if not quiet:
-        console.result(_summary(result, elapsed))
+        console.result(_summary(result, elapsed, name))
     if json_out:
         console.emit_json(
             {
                 "run_id": result.run_id,
+                "name": name,
                 "run_dir": str(result.run_dir),
                 "checkpoint": str(result.checkpoint),
                 "status": "complete",
@@ -142,12 +151,12 @@ def main(
         )
 
 
-def _summary(result, elapsed: float):
+def _summary(result, elapsed: float, name: str | None):
     from cnnviz_cli.console import fmt_pct, table
 
     final = result.final
     rows = [
-        ("run", result.run_id),
+        ("run", result.run_id + (f" ({name})" if name else "")),
         ("dataset", f"{result.config.dataset} ({result.train_size} train / {result.val_size} validation images)"),
         ("epochs", str(len(result.history))),
         ("final validation accuracy", fmt_pct(final["val_accuracy"])),

@@ -32,8 +32,12 @@ from cnnviz_cli.errors import ArtifactError, StoreWriteError, UsageError
 
 MANIFEST = "manifest.json"
 LOCK = ".manifest.lock"
+STORE_LOCK = ".store.lock"
 SCHEMA = 1
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+# Names start with a letter, ids (timestamps) with a digit: a name never reads as an id prefix.
+RUN_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+LATEST = "latest"
 STATUSES = ("running", "complete", "interrupted", "failed")
 
 
@@ -131,6 +135,26 @@ def validate_run_id(run_id: str) -> str:
     return run_id
 
 
+def validate_run_name(name: str) -> str:
+    if name == LATEST or not RUN_NAME_RE.match(name or ""):
+        raise UsageError(
+            f"'{name}' cannot name a run.",
+            "A name starts with a letter, then letters, digits, '.', '_' or '-' (at most 64); "
+            f"'{LATEST}' is reserved.",
+        )
+    return name
+
+
+@contextlib.contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    with open(path, "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -170,14 +194,17 @@ class Run:
             raise ArtifactError(f"The manifest of run '{self.id}' does not describe this run.")
         return data
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self.dir / LOCK, "a+") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    @property
+    def name(self) -> str | None:
+        return self.manifest().get("name")
+
+    def label(self) -> str:
+        """The id, with the name when the run has one: how messages refer to a run."""
+        name = self.name
+        return f"{self.id} ({name})" if name else self.id
+
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return _flocked(self.dir / LOCK)
 
     def update_manifest(self, change: Callable[[dict], None]) -> dict:
         """Read-modify-write the manifest under an exclusive lock, so concurrent commands don't lose updates."""
@@ -336,9 +363,38 @@ class Store:
                 "Pass --artifacts DIR (or set CNNVIZ_ARTIFACTS) to a folder you can write.",
             ) from None
 
-    def create_run(self, manifest_fields: dict) -> Run:
-        """Allocate a new run folder (race-free: ``mkdir`` either creates it or fails) with status running."""
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        """The store-wide lock that keeps run names unique when several processes name runs at once."""
+        return _flocked(self.root / STORE_LOCK)
+
+    def run_named(self, name: str) -> str | None:
+        """The id of the run called ``name``, if any."""
+        return next((m["run_id"] for m in self.runs() if m.get("name") == name), None)
+
+    def check_name_free(self, name: str, for_run: str | None = None) -> str:
+        """Refuse a name that is malformed or already names (or is the id of) another run."""
+        validate_run_name(name)
+        owner = name if (self.root / name / MANIFEST).exists() else self.run_named(name)
+        if owner is not None and owner != for_run:
+            raise UsageError(
+                f"The name '{name}' is taken by run {owner}.",
+                f"Pick another name, or rename that run first (`cnnviz runs --rename {owner} NEW_NAME`).",
+            )
+        return name
+
+    def create_run(self, manifest_fields: dict, name: str | None = None) -> Run:
+        """Allocate a new run folder (race-free: ``mkdir`` either creates it or fails) with status running.
+
+        A ``name`` is checked and recorded under the store lock, so two runs can never get the same name.
+        """
         self.ensure_writable()
+        if name is None:
+            return self._create_run(manifest_fields, None)
+        with self._locked():
+            self.check_name_free(name)
+            return self._create_run(manifest_fields, name)
+
+    def _create_run(self, manifest_fields: dict, name: str | None) -> Run:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         for attempt in range(1, 1000):
             run_id = stamp if attempt == 1 else f"{stamp}-{attempt}"
@@ -355,6 +411,7 @@ class Store:
         manifest = {
             "schema": SCHEMA,
             "run_id": run_id,
+            **({"name": name} if name else {}),
             "status": "running",
             "created": utc_now(),
             "updated": utc_now(),
@@ -391,9 +448,12 @@ class Store:
         newest = max(complete, key=lambda m: (m.get("completed", ""), m["run_id"]))
         return Run(self, newest["run_id"])
 
-    def get(self, run_id: str | None) -> Run:
-        """The run named ``run_id`` (or ``latest``), or the newest complete run when ``run_id`` is None."""
-        if run_id in (None, "", "latest"):
+    def get(self, ref: str | None) -> Run:
+        """The run that ``ref`` names: an id, a name, a unique id prefix, or ``latest``/None (the newest complete run).
+
+        The one place where a user's ``--run`` is resolved; an ambiguous prefix is refused with the candidates.
+        """
+        if ref in (None, "", LATEST):
             run = self.latest_complete()
             if run is None:
                 raise ArtifactError(
@@ -401,13 +461,56 @@ class Store:
                     "Train one with `cnnviz train`, or pass --artifacts DIR.",
                 )
             return run
-        validate_run_id(run_id)
-        run = Run(self, run_id)
-        if not run.dir.resolve().is_relative_to(self.root.resolve()) or not run.manifest_path.exists():
-            known = self.run_ids()
-            hint = f"Known runs: {', '.join(known[-5:])}." if known else "Train one with `cnnviz train`."
-            raise ArtifactError(f"No run '{run_id}' in {self.root}.", hint)
+        validate_run_id(ref)
+        ids = self.run_ids()
+        if ref in ids:
+            return Run(self, ref)
+        named = self.run_named(ref)
+        if named is not None:
+            return Run(self, named)
+        matches = [run_id for run_id in ids if run_id.startswith(ref)]
+        if len(matches) == 1:
+            return Run(self, matches[0])
+        if matches:
+            shown = ", ".join(matches[:10]) + (f" and {len(matches) - 10} more" if len(matches) > 10 else "")
+            raise UsageError(
+                f"'{ref}' matches {len(matches)} runs: {shown}.",
+                "Give more of the id, or the run's name (see `cnnviz runs`).",
+            )
+        hint = f"Known runs: {', '.join(ids[-5:])}." if ids else "Train one with `cnnviz train`."
+        raise ArtifactError(f"No run '{ref}' in {self.root}.", hint)
+
+    def rename(self, ref: str, name: str) -> Run:
+        """Give the run ``ref`` the name ``name`` (unique in the store)."""
+        run = self.get(ref)
+        self.check_name_free(name, for_run=run.id)  # refuse before touching anything
+
+        def change(manifest: dict) -> None:
+            manifest["name"] = name
+
+        with self._locked():
+            self.check_name_free(name, for_run=run.id)
+            run.update_manifest(change)
         return run
+
+    def delete(self, run: Run) -> None:
+        """Remove a run folder, unless its training process is still alive.
+
+        The folder is first renamed to a hidden name in one step, so no command ever sees half a run.
+        """
+        manifest = effective_status(run.manifest())
+        if manifest.get("status") == "running":
+            owner = manifest.get("owner") or {}
+            raise ArtifactError(
+                f"Run '{run.id}' is still running (process {owner.get('pid')} on {owner.get('host')}).",
+                "Stop it first (Ctrl-C); an interrupted or killed run can be deleted.",
+            )
+        doomed = self.root / f".deleting-{run.id}-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.rename(run.dir, doomed)
+        except OSError as exc:
+            raise StoreWriteError(f"Cannot delete run '{run.id}': {exc.strerror or exc}.") from None
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def get_complete(self, run_id: str | None) -> Run:
         run = self.get(run_id)

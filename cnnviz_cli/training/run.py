@@ -191,10 +191,12 @@ def train_run(
     resume: str | None = None,
     epochs_given: bool = True,
     command: list[str] | None = None,
+    name: str | None = None,
 ) -> TrainResult:
     """Train a new run (or continue ``resume``) in ``store``; returns what was stored.
 
     When resuming, ``config.epochs`` is the new target if ``epochs_given``, else the run's own target.
+    ``name`` names the new run (unique in the store; checked before any work, recorded atomically).
 
     SIGINT/SIGTERM are caught for the whole call: before the run exists they cancel cleanly, later
     they stop training at the next batch boundary.
@@ -203,7 +205,8 @@ def train_run(
         if not comm.is_main:
             progress = None
         return _train_run(
-            store, config, data_dir, offline, progress or TrainProgress(), resume, epochs_given, command, stop, comm
+            store, config, data_dir, offline, progress or TrainProgress(), resume, epochs_given, command, stop, comm,
+            name,
         )
 
 
@@ -218,8 +221,16 @@ def _train_run(
     command: list[str] | None,
     stop: _StopFlag,
     comm: Comm,
+    name: str | None = None,
 ) -> TrainResult:
     device = comm.device
+    if name is not None:
+        if resume is not None:
+            raise UsageError(
+                "--name names a new run; it cannot be combined with --resume.",
+                "Rename a run with `cnnviz runs --rename RUN NAME`.",
+            )
+        comm.by_main(lambda: store.check_name_free(name))
     if resume is not None:
         run, config, history = comm.by_main(lambda: _prepare_resume(store, resume, config, epochs_given))
     else:
@@ -260,7 +271,8 @@ def _train_run(
                 "versions": _versions(),
                 **({"distributed": comm.record()} if comm.size > 1 else {}),
                 "history": [],
-            }
+            },
+            name=name,
         ))
     else:
         comm.by_main(lambda: _restart(run, config, len(history), comm.record()))
