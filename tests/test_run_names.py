@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 
 import pytest
@@ -90,27 +89,30 @@ def test_delete_refuses_a_running_run_and_removes_a_finished_one(tmp_path):
     assert sorted(p.name for p in store.root.iterdir()) == [running.id]
 
 
+def _filters_run_id(store, ref: str) -> str:
+    shown = cli("filters", "--run", ref, "--artifacts", store, "--layer", "conv1", "--json", "--quiet")
+    assert shown.exit_code == 0, (ref, shown.stderr)
+    return json.loads(shown.stdout)["run_id"]
+
+
 def test_train_name_then_run_by_name_and_prefix(store_copy, tiny_data):
     store, first = store_copy
+    assert _filters_run_id(store, first[:2]) == first  # the only run: a unique prefix of its id
     trained = cli("train", "--data-dir", tiny_data, "--artifacts", store, "--epochs", "1", "--limit", "200",
                   "--name", "quick", "--json", "--quiet")
     assert trained.exit_code == 0, trained.stderr
-    doc = json.loads(trained.stdout)
-    assert doc["name"] == "quick"
+    second = json.loads(trained.stdout)["run_id"]
+    assert json.loads(trained.stdout)["name"] == "quick"
     before = tree_digest(store)
     assert_clean_error(
         cli("train", "--data-dir", tiny_data, "--artifacts", store, "--epochs", "1", "--name", "quick"),
-        2, "'quick' is taken by run " + doc["run_id"],
+        2, f"'quick' is taken by run {second}",
     )
     assert tree_digest(store) == before
-    prefix = first[: len(os.path.commonprefix([first, doc["run_id"]])) + 1]  # the shortest unique prefix
-    assert len(prefix) < len(first)
-    for ref, expected in (("quick", doc["run_id"]), (prefix, first), ("latest", doc["run_id"])):
-        shown = cli("filters", "--run", ref, "--artifacts", store, "--layer", "conv1", "--json", "--quiet")
-        assert shown.exit_code == 0, (ref, shown.stderr)
-        assert json.loads(shown.stdout)["run_id"] == expected
-    ambiguous = cli("filters", "--run", "2", "--artifacts", store, "--json")
-    assert_clean_error(ambiguous, 2, "'2' matches 2 runs", first, doc["run_id"])
+    assert _filters_run_id(store, "quick") == second
+    assert _filters_run_id(store, first) == first
+    ambiguous = cli("filters", "--run", first[:2], "--artifacts", store, "--json")
+    assert_clean_error(ambiguous, 2, f"'{first[:2]}' matches 2 runs", first, second)
 
 
 def test_runs_shows_renames_and_deletes(store_copy):

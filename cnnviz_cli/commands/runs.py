@@ -32,6 +32,7 @@ def main(
     """List the runs in the artifact store: id, name, created, dataset, epochs, best validation accuracy, status.
 
     A run whose training process died shows as 'stale'; only 'complete' runs are used by default.
+
     Every --run option takes a run's id, its name, a unique prefix of its id, or 'latest'.
 
     Example: cnnviz runs --rename 20250101-120000 baseline
@@ -76,7 +77,7 @@ def _delete(store, ref: str, yes: bool, json_out: bool) -> None:
                 f"Pass --yes to delete it: `cnnviz runs --delete {run.id} --yes`.",
             )
         epochs = len(manifest.get("history") or [])
-        question = f"Delete run {label} ({manifest.get('status')}, {epochs} epochs) and all its files?"
+        question = f"Delete run {label}, {manifest.get('status')} after {epochs} epochs, with all its files?"
         if not typer.confirm(question, default=False, err=True):
             console.info("Nothing deleted.")
             return
@@ -85,7 +86,7 @@ def _delete(store, ref: str, yes: bool, json_out: bool) -> None:
     if json_out:
         console.emit_json({"deleted": run.id, "name": manifest.get("name"), "run_dir": str(run_dir)})
     else:
-        console.result(f"Deleted run {label} ({run_dir}).")
+        console.result(f"Deleted run {label}: {run_dir}")
 
 
 def _list(store, json_out: bool) -> None:
