@@ -19,6 +19,7 @@ NORMALIZE_MODES = ("per-layer", "per-filter")  # filters: one colour scale per l
 STAGES = ("conv", "relu", "pool")  # the outputs of one conv block, in order
 SPLITS = ("train", "val", "test")
 PREPROCESS_MODES = ("dataset", "resize", "none")  # your own pictures: the dataset's recipe, stretched, as is
+TRACKERS = ("tensorboard", "mlflow")  # where `cnnviz export --to` sends runs
 
 # The weights of a finished run, inside its folder (epoch checkpoints live in checkpoints/).
 MODEL_FILE = "model.safetensors"
@@ -55,6 +56,11 @@ def check_top(top: int) -> int:
 
 def check_preprocess(preprocess: str) -> str:
     return check_choice(preprocess, PREPROCESS_MODES, "--preprocess")
+
+
+def check_tracker(tracker: str) -> str:
+    return check_choice(tracker, TRACKERS, "--to")
+
 
 # The tutorial feeds ToTensor() output to the network: pixels / 255, no mean/std normalisation.
 PREPROCESSING = {"scale": "1/255", "range": "[0, 1]", "mean": 0.0, "std": 1.0, "layout": "NCHW float32"}

@@ -42,29 +42,27 @@ def main(
 
     Examples: cnnviz export --to tensorboard tb-runs --all;  cnnviz export --to mlflow sqlite:///mlflow.db --experiment mnist
     """
+    from rich.text import Text
+
     from cnnviz_cli import console
-    from cnnviz_cli.export import export_runs
     from cnnviz_cli.store.runs import Store
+    from cnnviz_cli.views import export
 
-    tracker, target = to
-    result = export_runs(
-        Store.from_option(artifacts),
-        tracker,
-        target,
-        run_id=run,
-        all_runs=all_runs,
-        experiment=experiment,
-        on_step=lambda message: console.info(f"export: {message}", quiet),
-    )
-    for run_id, status in result.skipped:
+    options = export.ExportOptions(*to, experiment=experiment)
+    runs, skipped = export.select_runs(Store.from_option(artifacts), run, all_runs)
+    for run_id, status in skipped:
         console.warn(f"run {run_id} is {status}, not complete: not exported.")
-    for exported in result.runs:
-        for warning in getattr(exported, "warnings", ()):
-            console.warn(f"run {exported.run_id}: {warning}")
+    contents = [export.compute(r) for r in runs]  # every file verified before anything is sent
+    tracker = export.open_tracker(options)
+    sent = []
+    for one in contents:
+        console.info(Text(f"export: {one.run_id}: {len(one.pictures)} pictures, {len(one.files)} files"), quiet)
+        sent.append(tracker.send(one))
+        for warning in getattr(sent[-1], "warnings", ()):
+            console.warn(f"run {one.run_id}: {warning}")
+    result = export.ExportResult(options.tracker, tracker.location, tracker.experiment, tuple(sent), tuple(skipped))
     if not quiet:
-        from rich.text import Text
-
-        console.result(*(Text(exported.summary()) for exported in result.runs))
-        console.info(Text(result.summary()))
+        console.result(*(Text(exported.summary()) for exported in sent))
+        console.info(Text(tracker.summary()))
     if json_out:
         console.emit_json(result.to_json())

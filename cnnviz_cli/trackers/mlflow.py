@@ -1,4 +1,4 @@
-"""Export a run to MLflow through its client: parameters, per-epoch metrics, evaluation, tags and files.
+"""Send runs to MLflow through its client: parameters, per-epoch metrics, evaluation, tags and files.
 
 The MLflow run carries the cnnviz run id in the tag ``cnnviz.run_id``. Exporting again finds that run and
 updates it: metric points it already holds are not logged twice, files are uploaded again (same paths),
@@ -12,12 +12,14 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnnviz_cli.errors import StoreWriteError, UsageError
-from cnnviz_cli.export.contents import RunContents
+
+if TYPE_CHECKING:
+    from cnnviz_cli.views.export import RunContents
 
 EXTRA_HINT = "Install the MLflow extra: pip install 'cnnviz-cli[mlflow]'."
 RUN_ID_TAG = "cnnviz.run_id"
@@ -67,7 +69,7 @@ def _reason(exc: BaseException) -> str:
 class MlflowTarget:
     """One tracking URI and experiment; :meth:`export` sends one run there."""
 
-    def __init__(self, uri: str, experiment: str = DEFAULT_EXPERIMENT):
+    def __init__(self, uri: str, experiment: str | None = None):
         try:
             from mlflow.exceptions import MlflowException
             from mlflow.tracking import MlflowClient
@@ -79,9 +81,8 @@ class MlflowTarget:
         # The SQL store announces its table creation on INFO; cnnviz reports what happened itself.
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        if not experiment.strip():
-            raise UsageError("--experiment must not be empty.")
-        self.uri = uri
+        experiment = experiment or DEFAULT_EXPERIMENT
+        self.uri = self.location = uri
         self._errors = (MlflowException, OSError, ImportError, ValueError)
         with self._reporting("open"):
             self.client = MlflowClient(tracking_uri=uri)
@@ -126,11 +127,15 @@ class MlflowTarget:
         )
         return runs[0] if runs else None
 
-    def export(self, contents: RunContents, on_step: Callable[[str], None] = lambda message: None) -> MlflowExport:
-        with self._reporting(f"run {contents.run_id}"):
-            return self._export(contents, on_step)
+    def summary(self) -> str:
+        return f"MLflow experiment '{self.experiment}' at {self.uri}"
 
-    def _export(self, contents: RunContents, on_step: Callable[[str], None]) -> MlflowExport:
+    def send(self, contents: RunContents) -> MlflowExport:
+        """Create or update the MLflow run of one cnnviz run."""
+        with self._reporting(f"run {contents.run_id}"):
+            return self._send(contents)
+
+    def _send(self, contents: RunContents) -> MlflowExport:
         from mlflow.entities import Metric, Param, RunTag
 
         client = self.client
@@ -176,7 +181,6 @@ class MlflowTarget:
                 moment = _millis(contents.time_of(step)) or 0
                 metrics.append(Metric(name, value, moment, step))
         run_tags = [RunTag(k, v) for k, v in tags.items()]
-        on_step(f"{len(params)} parameters, {len(metrics)} metric points")
         for start in range(0, max(len(metrics), 1), BATCH):
             client.log_batch(
                 mlflow_run_id,
@@ -185,7 +189,6 @@ class MlflowTarget:
                 tags=run_tags if start == 0 else [],
             )
 
-        on_step(f"{len(contents.files)} files")
         with tempfile.TemporaryDirectory(prefix="cnnviz-export-") as folder:
             for relpath in contents.files:
                 target = Path(folder) / relpath

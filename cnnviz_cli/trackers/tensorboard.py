@@ -1,4 +1,4 @@
-"""Export a run to TensorBoard: event files written by ``torch.utils.tensorboard.SummaryWriter``.
+"""Send runs to TensorBoard: event files written by ``torch.utils.tensorboard.SummaryWriter``.
 
 Each run becomes the folder ``<DIR>/<run id>``: per-epoch scalars (``train/loss``, ``val/accuracy``, ...),
 the evaluation as final scalars (``test/accuracy``), the options as hyperparameters, and every stored
@@ -14,10 +14,13 @@ import secrets
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnnviz_cli.errors import StoreWriteError, UsageError
-from cnnviz_cli.export.contents import RunContents
 from cnnviz_cli.store.runs import unwritable_ancestor
+
+if TYPE_CHECKING:
+    from cnnviz_cli.views.export import RunContents
 
 EXTRA_HINT = "Install the TensorBoard extra: pip install 'cnnviz-cli[tensorboard]'."
 
@@ -102,29 +105,41 @@ def _write(writer, contents: RunContents) -> tuple[int, int, int]:
     return scalars, images, len(contents.params)
 
 
-def export_run(contents: RunContents, root: Path) -> TensorBoardExport:
-    """Write ``root/<run id>`` for one run, replacing an earlier export of the same run."""
-    writer_class = summary_writer()
-    root = Path(os.path.abspath(Path(root).expanduser()))
-    check_target(root)
-    target = root / contents.run_id
-    staging = root / f".{contents.run_id}.cnnviz-export-{secrets.token_hex(4)}"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        writer = writer_class(log_dir=str(staging))
+class TensorBoardTarget:
+    """A folder of TensorBoard runs; :meth:`send` writes one cnnviz run into ``<folder>/<run id>``."""
+
+    experiment = None
+
+    def __init__(self, folder: str | Path):
+        self.writer_class = summary_writer()
+        self.root = Path(os.path.abspath(Path(folder).expanduser()))
+        check_target(self.root)
+        self.location = str(self.root)
+
+    def summary(self) -> str:
+        return f"See them with: tensorboard --logdir {self.location}"
+
+    def send(self, contents: RunContents) -> TensorBoardExport:
+        """Write ``<folder>/<run id>`` for one run, replacing an earlier export of the same run."""
+        root = self.root
+        target = root / contents.run_id
+        staging = root / f".{contents.run_id}.cnnviz-export-{secrets.token_hex(4)}"
         try:
-            scalars, images, params = _write(writer, contents)
+            root.mkdir(parents=True, exist_ok=True)
+            writer = self.writer_class(log_dir=str(staging))
+            try:
+                scalars, images, params = _write(writer, contents)
+            finally:
+                writer.close()
+            replaced = target.exists()
+            old = root / f".{contents.run_id}.cnnviz-old-{secrets.token_hex(4)}"
+            if replaced:
+                os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError as exc:
+            raise StoreWriteError(f"Cannot write the TensorBoard folder {target}: {exc.strerror or exc}.") from None
         finally:
-            writer.close()
-        replaced = target.exists()
-        old = root / f".{contents.run_id}.cnnviz-old-{secrets.token_hex(4)}"
-        if replaced:
-            os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        raise StoreWriteError(f"Cannot write the TensorBoard folder {target}: {exc.strerror or exc}.") from None
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(staging)
-    return TensorBoardExport(contents.run_id, target, replaced, scalars, images, params)
+            with contextlib.suppress(OSError):
+                shutil.rmtree(staging)
+        return TensorBoardExport(contents.run_id, target, replaced, scalars, images, params)

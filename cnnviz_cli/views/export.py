@@ -1,17 +1,26 @@
-"""What a run holds, read once for every exporter: options, per-epoch history, evaluation, pictures, files.
+"""The export view: what a run holds for a tracker (``compute``), and where it goes (``open_tracker``).
 
-Everything comes from the run's manifest and the files it lists; each file is checked against its sha256
-before an exporter sees it, so a tracker never receives a picture that the store would refuse.
+``compute`` reads one complete run from its manifest and the files it lists: options, per-epoch history,
+the evaluation, every picture and file, each file checked against its sha256 first, so a tracker never
+receives what the store would refuse. The trackers (``trackers/tensorboard.py``, ``trackers/mlflow.py``)
+send it on through their own client libraries, optional extras imported only by ``open_tracker``.
+Unlike the other views there is no ``write``: exporting never changes the run folder, which stays the
+source of truth.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cnnviz_cli.errors import ArtifactError
+from cnnviz_cli.config import MODEL_FILE, check_tracker
+from cnnviz_cli.errors import ArtifactError, UsageError
+
+if TYPE_CHECKING:
+    from cnnviz_cli.store.runs import Run, Store
 
 # The section of the files that `cnnviz train` writes (curves.png, history.csv, the checkpoints).
 TRAINING = "training"
@@ -21,6 +30,22 @@ HISTORY_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "
 # Evaluation numbers that become final metrics, named <split>_<name> (test_accuracy, test_macro_f1, ...).
 EVALUATION_METRICS = ("accuracy", "loss")
 EVALUATION_MACRO = ("precision", "recall", "f1")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Where to send runs; checked when built, so a mistake is reported before the store is opened."""
+
+    tracker: str
+    target: str
+    experiment: str | None = None  # MLflow only; None: the tracker's default
+
+    def __post_init__(self) -> None:
+        check_tracker(self.tracker)
+        if self.experiment is not None and self.tracker != "mlflow":
+            raise UsageError("--experiment applies to --to mlflow only.")
+        if self.experiment is not None and not self.experiment.strip():
+            raise UsageError("--experiment must not be empty.")
 
 
 @dataclass(frozen=True)
@@ -110,7 +135,7 @@ def _history(manifest: dict) -> tuple[dict[str, list[tuple[int, float]]], dict[i
 def _checkpoint_epochs(manifest: dict, final_epoch: int) -> dict[str, int]:
     """The epoch of each checkpoint the run holds, by sha256 (the final weights are the last epoch's)."""
     files = manifest.get("files") or {}
-    epochs = {files["model.safetensors"]["sha256"]: final_epoch} if "model.safetensors" in files else {}
+    epochs = {files[MODEL_FILE]["sha256"]: final_epoch} if MODEL_FILE in files else {}
     for relpath, entry in files.items():
         name = Path(relpath).stem
         if relpath.startswith("checkpoints/") and name.startswith("epoch-") and name[6:].isdigit():
@@ -161,8 +186,8 @@ def _frame_steps(path: Path, record: dict, epoch: int) -> tuple[int, ...]:
     return tuple(epochs) if len(epochs) == frames else tuple(range(frames))
 
 
-def read_run(run) -> RunContents:
-    """Read a complete run (a ``store.Run``) into what the exporters need; every listed file is verified."""
+def compute(run: Run) -> RunContents:
+    """Read a complete run into what the trackers need; every listed file is verified."""
     manifest = run.manifest()
     listed = manifest.get("files") or {}
     outputs = manifest.get("outputs") or {}
@@ -183,7 +208,7 @@ def read_run(run) -> RunContents:
         # One tag group per view: training's pictures sit at the top of the run folder.
         pictures.append(Picture(view, tag if "/" in tag else f"{view}/{tag}", relpath, path, steps))
     options = manifest.get("options") or {}
-    checkpoint = listed.get("model.safetensors") or {}
+    checkpoint = listed.get(MODEL_FILE) or {}
     final_metrics, evaluation = _evaluation(run, manifest)
     return RunContents(
         run_id=run.id,
@@ -202,3 +227,51 @@ def read_run(run) -> RunContents:
         pictures=tuple(pictures),
         files=("manifest.json", *sorted(listed)),
     )
+
+
+def select_runs(store: Store, run_id: str | None, all_runs: bool) -> tuple[list[Run], list[tuple[str, str]]]:
+    """The runs to export (one, the latest, or every complete run) and the runs ``--all`` leaves out."""
+    if all_runs and run_id:
+        raise UsageError("--run and --all cannot be used together.", "Pass one run id, or --all for every run.")
+    if not all_runs:
+        return [store.get_complete(run_id)], []
+    runs, skipped = [], []
+    for manifest in store.runs():
+        if manifest.get("status") == "complete":
+            runs.append(store.get(manifest["run_id"]))
+        else:
+            skipped.append((manifest["run_id"], str(manifest.get("status"))))
+    if not runs:
+        raise ArtifactError(f"There is no complete run in {store.root}.", "Train one with `cnnviz train`.")
+    return runs, skipped
+
+
+def open_tracker(options: ExportOptions):
+    """The tracker to ``send`` runs to; a missing extra or a target that cannot be written is refused here."""
+    if options.tracker == "tensorboard":
+        from cnnviz_cli.trackers.tensorboard import TensorBoardTarget
+
+        return TensorBoardTarget(options.target)
+    from cnnviz_cli.trackers.mlflow import MlflowTarget
+
+    return MlflowTarget(options.target, options.experiment)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What was sent where: one record per run (the tracker's own), and the incomplete runs left out."""
+
+    tracker: str
+    target: str
+    experiment: str | None
+    runs: tuple = ()
+    skipped: tuple[tuple[str, str], ...] = field(default=())
+
+    def to_json(self) -> dict:
+        return {
+            "tracker": self.tracker,
+            "target": self.target,
+            **({"experiment": self.experiment} if self.experiment is not None else {}),
+            "runs": [run.to_json() for run in self.runs],
+            "skipped": [{"run_id": run_id, "status": status} for run_id, status in self.skipped],
+        }

@@ -1,4 +1,4 @@
-"""`cnnviz export`: runs sent to TensorBoard and MLflow, read back with the trackers' own readers."""
+"""`cnnviz export` (views/export.py, trackers/): runs sent to TensorBoard and MLflow, read back with the trackers' own readers."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import sys
 import pytest
 from helpers import REPO, assert_clean_error, cli, tree_digest
 
-from cnnviz_cli.export.contents import describe_model, flatten_options
-from cnnviz_cli.export.tensorboard import scalar_tag
+from cnnviz_cli.trackers.tensorboard import scalar_tag
+from cnnviz_cli.views.export import describe_model, flatten_options
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +243,7 @@ def test_human_output_names_each_run_and_where_it_went(pictured_store, tmp_path)
 @pytest.mark.parametrize(
     ("args", "code", "needles"),
     [
-        (["--to", "wandb", "x"], 2, ["unknown tracker 'wandb'", "tensorboard, mlflow"]),
+        (["--to", "wandb", "x"], 2, ["unknown --to value 'wandb'", "tensorboard, mlflow"]),
         (["--to", "tensorboard", "tb", "--run", "nope"], 4, ["no run 'nope'"]),
         (["--to", "tensorboard", "tb", "--run", "x", "--all"], 2, ["--run and --all"]),
         (["--to", "tensorboard", "tb", "--experiment", "e"], 2, ["--experiment", "mlflow"]),
