@@ -56,7 +56,7 @@ class Picture:
     tag: str
     relpath: str
     path: Path
-    steps: tuple[int, ...]  # the epoch of each frame (a GIF has several), or the run's final epoch
+    steps: tuple[int, ...]  # the epoch of each frame (a GIF has several), else of the weights it shows
 
 
 @dataclass(frozen=True)
