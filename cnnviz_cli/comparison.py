@@ -1,7 +1,7 @@
 """Two runs side by side: differing options, metrics on the same images, confusion difference, matched filters.
 
 Both runs are evaluated on exactly the same images (the test set, or a validation split both runs
-held out), with ``evaluation.evaluate_model``. Filters of conv layers with the same shape are paired
+held out), with ``metrics.evaluate_model``. Filters of conv layers with the same shape are paired
 one-to-one by cosine similarity (``matching.match_filters``); a later layer's input channels are first
 put in the order of the previous layer's matching, since a second run may learn the same channels in a
 different order.
@@ -23,7 +23,7 @@ from cnnviz_cli.progress import BatchCallback
 if TYPE_CHECKING:
     import torch
 
-    from cnnviz_cli.evaluation import EvaluationResult
+    from cnnviz_cli.metrics import Metrics
     from cnnviz_cli.store.checkpoint import Checkpoint
     from cnnviz_cli.store.runs import Run, Store
 
@@ -192,8 +192,8 @@ class Comparison:
     data_source: str
     options: list[dict]
     equal_options: int
-    result_a: EvaluationResult
-    result_b: EvaluationResult
+    result_a: Metrics
+    result_b: Metrics
     layers: list[LayerMatch]
     skipped_layers: list[dict]
     weights_a: dict = field(repr=False)
@@ -284,7 +284,7 @@ def compare_runs(
 ) -> Comparison:
     """Evaluate both runs' final models on the same images and match their filters."""
     from cnnviz_cli.data.datasets import check_dataset, run_split
-    from cnnviz_cli.evaluation import check_data_fits, evaluate_model
+    from cnnviz_cli.metrics import check_data_fits, evaluate_model
     from cnnviz_cli.store.checkpoint import load_run_model
     from cnnviz_cli.training.device import pick_device
 

@@ -20,6 +20,7 @@ STAGES = ("conv", "relu", "pool")  # the outputs of one conv block, in order
 SPLITS = ("train", "val", "test")
 PREPROCESS_MODES = ("dataset", "resize", "none")  # your own pictures: the dataset's recipe, stretched, as is
 TRACKERS = ("tensorboard", "mlflow")  # where `cnnviz export --to` sends runs
+HELD_OUT_SPLITS = ("test", "val")  # the splits a model is judged on (evaluate, compare)
 
 # The weights of a finished run, inside its folder (epoch checkpoints live in checkpoints/).
 MODEL_FILE = "model.safetensors"
@@ -60,6 +61,15 @@ def check_preprocess(preprocess: str) -> str:
 
 def check_tracker(tracker: str) -> str:
     return check_choice(tracker, TRACKERS, "--to")
+
+
+def check_held_out_split(split: str) -> str:
+    if split not in HELD_OUT_SPLITS:
+        raise UsageError(
+            f"Unknown split '{split}'.",
+            "Choose test (the held-out test images) or val (the run's own validation images).",
+        )
+    return split
 
 
 # The tutorial feeds ToTensor() output to the network: pixels / 255, no mean/std normalisation.

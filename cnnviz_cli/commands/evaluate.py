@@ -60,76 +60,39 @@ def main(
     Example: cnnviz evaluate --run 20250101-120000 --json
     """
     from cnnviz_cli import console
-    from cnnviz_cli.evaluation import check_options, evaluate_run, write_evaluation
     from cnnviz_cli.store.runs import Store
     from cnnviz_cli.training import distributed
+    from cnnviz_cli.views import evaluate
 
-    check_options(split, batch_size, top_mistakes)
+    options = evaluate.EvaluateOptions(split, dataset, data_dir, offline, batch_size, device, top_mistakes)
     store = Store.from_option(artifacts)
     if distributed.launch_needed(nproc):
         distributed.launch(nproc, command_line(ctx)[1:])
         return
     main_process = distributed.world().is_main
     started = time.perf_counter()
+    chosen = store.get_complete(run)
     with console.StepProgress(f"evaluating on {split}", quiet=quiet or not main_process) as progress:
-        evaluation = evaluate_run(
-            store,
-            run,
-            split=split,
-            dataset=dataset,
-            data_dir=data_dir,
-            offline=offline,
-            batch_size=batch_size,
-            device=device,
-            on_batch=progress,
-            top_mistakes=top_mistakes,
-        )
+        result = evaluate.compute(chosen, options, on_batch=progress)
     if not main_process:
         return
-    files = write_evaluation(evaluation)
+    paths = evaluate.write(chosen, result)
     elapsed = time.perf_counter() - started
-    result = evaluation.result
 
     if not quiet:
         out = console.console()
-        out.print(_overall_table(evaluation, elapsed))
-        out.print(_per_class_table(result))
-        out.print(_confusion_table(result))
-        out.print(f"Wrote {files.metrics.parent}/ ({', '.join(p.name for p in (files.metrics, *files.images.values()))})")
+        out.print(_overall_table(result, elapsed))
+        out.print(_per_class_table(result.metrics))
+        out.print(_confusion_table(result.metrics))
+        out.print(f"Wrote {paths[0].parent}/ ({', '.join(p.name for p in paths)})")
     if json_out:
-        console.emit_json(
-            {
-                "run_id": evaluation.run.id,
-                "run_dir": str(evaluation.run.dir),
-                "dataset": result.dataset,
-                "split": result.split,
-                "data_source": evaluation.data.source,
-                "checkpoint": str(evaluation.checkpoint.path),
-                "checkpoint_sha256": evaluation.checkpoint.sha256,
-                "n": result.n,
-                "correct": result.correct,
-                "accuracy": result.accuracy,
-                "loss": result.loss,
-                "macro": result.macro,
-                "classes": list(result.classes),
-                "per_class": result.per_class,
-                "confusion_matrix": result.confusion,
-                "mistakes": [m.to_dict() for m in result.mistakes],
-                "section": files.section,
-                "metrics": str(files.metrics),
-                "images": {name: str(path) for name, path in files.images.items()},
-                "options": evaluation.options,
-                "device": evaluation.device,
-                "seconds": round(elapsed, 3),
-                "seconds_inference": round(evaluation.seconds, 3),
-            }
-        )
+        console.emit_json(result.to_json(elapsed))
 
 
 def _overall_table(evaluation, elapsed: float):
     from cnnviz_cli.console import fmt_pct, table
 
-    result = evaluation.result
+    result = evaluation.metrics
     rows = [
         ("run", evaluation.run.id),
         ("data", f"{result.dataset} {result.split} split"),

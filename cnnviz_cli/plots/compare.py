@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from cnnviz_cli.plots.common import new_figure
-from cnnviz_cli.plots.evaluation import class_matrix_axes
+from cnnviz_cli.plots.evaluate import class_matrix_axes
 
 if TYPE_CHECKING:
     import numpy as np

@@ -540,8 +540,8 @@ class _Computer:
                 *((k, _short(v)) for k, v in options.items())]
 
     def evaluation(self, section: Section) -> Section:
-        from cnnviz_cli.evaluation import evaluate_model
-        from cnnviz_cli.plots.evaluation import confusion_figure, mistakes_figure
+        from cnnviz_cli.metrics import evaluate_model
+        from cnnviz_cli.plots.evaluate import confusion_figure, mistakes_figure
 
         split = self.split()
         if split is None:

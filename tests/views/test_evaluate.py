@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from helpers import assert_clean_error, cli, tree_digest
 from torch import nn
 
+from cnnviz_cli.views.evaluate import section_name
+
 FILES = ("evaluation/metrics.json", "evaluation/confusion_matrix.png", "evaluation/mistakes.png")
 
 
@@ -172,3 +174,9 @@ def test_empty_store_is_a_clean_error(tmp_path):
     result = cli("evaluate", "--artifacts", tmp_path / "nothing")
     assert_clean_error(result, 4, "no complete run")
     assert not (tmp_path / "nothing").exists()
+
+
+def test_section_names_keep_splits_and_datasets_apart():
+    assert section_name("test", "mnist", "mnist") == "evaluation"
+    assert section_name("val", "mnist", "mnist") == "evaluation-val"
+    assert section_name("test", "fashion-mnist", "mnist") == "evaluation-fashion-mnist"

@@ -1,4 +1,4 @@
-"""The evaluation core: metrics on hand-made predictions whose answers are worked out by hand."""
+"""The metrics core: metrics on hand-made predictions whose answers are worked out by hand."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cnnviz_cli.errors import DataError
-from cnnviz_cli.evaluation import confusion_matrix, metrics_from_logits, per_class_metrics, section_name
+from cnnviz_cli.metrics import confusion_matrix, metrics_from_logits, per_class_metrics
 
 CLASSES = ("cat", "dog", "bird")
 
@@ -90,9 +90,3 @@ def test_absent_and_never_predicted_classes_give_zeros_not_nan():
 def test_no_images_is_a_data_error():
     with pytest.raises(DataError, match="no images"):
         metrics_from_logits(torch.empty(0, 3), torch.empty(0, dtype=torch.int64), CLASSES, dataset="toy", split="test")
-
-
-def test_section_names_keep_splits_and_datasets_apart():
-    assert section_name("test", "mnist", "mnist") == "evaluation"
-    assert section_name("val", "mnist", "mnist") == "evaluation-val"
-    assert section_name("test", "fashion-mnist", "mnist") == "evaluation-fashion-mnist"

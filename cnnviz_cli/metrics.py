@@ -1,4 +1,4 @@
-"""How good a trained model is: accuracy, loss, per-class metrics, the confusion matrix, its worst mistakes.
+"""Classification metrics of a model: accuracy, loss, per-class metrics, the confusion matrix, its worst mistakes.
 
 Everything is computed with plain torch from the model's class scores, so the numbers can be checked
 against any independent loop. Conventions (the same as scikit-learn's and torchmetrics' defaults):
@@ -9,52 +9,38 @@ against any independent loop. Conventions (the same as scikit-learn's and torchm
   tutorial's per-class accuracy and torchmetrics' ``MulticlassAccuracy(average=None)``), so it equals
   its recall.
 
-This module never prints and never imports typer or rich; progress goes through ``on_batch``.
+This module never prints and never imports typer or rich; progress goes through ``on_batch``. The
+evaluate view (views/evaluate.py) runs it on a stored run and writes the results into the run.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.config import MODEL_FILE
-from cnnviz_cli.errors import DataError, UsageError
+from cnnviz_cli.config import check_batch_size
+from cnnviz_cli.errors import DataError
 
 if TYPE_CHECKING:
     import torch
 
     from cnnviz_cli.data.datasets import Split
+    from cnnviz_cli.progress import BatchCallback
     from cnnviz_cli.store.checkpoint import Checkpoint
-    from cnnviz_cli.store.runs import Run, Store
     from cnnviz_cli.training.distributed import Comm
 
 __all__ = [
-    "EVALUATION_SPLITS",
-    "EvaluationFiles",
-    "EvaluationResult",
+    "Metrics",
     "Mistake",
-    "RunEvaluation",
-    "check_options",
+    "check_data_fits",
     "confusion_matrix",
     "evaluate_model",
-    "evaluate_run",
     "metrics_from_logits",
     "per_class_metrics",
-    "section_name",
-    "write_evaluation",
 ]
 
-from cnnviz_cli.progress import BatchCallback
-
-EVALUATION_SPLITS = ("test", "val")
 DEFAULT_TOP_MISTAKES = 24
-MAX_TOP_MISTAKES = 100
-METRICS_FILE = "metrics.json"
-CONFUSION_FILE = "confusion_matrix.png"
-MISTAKES_FILE = "mistakes.png"
 
 
 @dataclass(frozen=True)
@@ -82,7 +68,7 @@ class Mistake:
 
 
 @dataclass(frozen=True)
-class EvaluationResult:
+class Metrics:
     """The metrics of one model on one labelled split."""
 
     dataset: str
@@ -197,7 +183,7 @@ def metrics_from_logits(
     dataset: str = "",
     split: str = "",
     top_mistakes: int = DEFAULT_TOP_MISTAKES,
-) -> EvaluationResult:
+) -> Metrics:
     """All metrics from class scores (N×C, any device) and true labels (N,). Pure torch, deterministic.
 
     The mistakes are the ``top_mistakes`` wrong predictions with the highest predicted probability;
@@ -241,7 +227,7 @@ def metrics_from_logits(
         )
         for i in wrong[order].tolist()
     )
-    return EvaluationResult(
+    return Metrics(
         dataset=dataset,
         split=split,
         n=n,
@@ -265,7 +251,7 @@ def evaluate_model(
     on_batch: BatchCallback | None = None,
     top_mistakes: int = DEFAULT_TOP_MISTAKES,
     comm: Comm | None = None,
-) -> EvaluationResult:
+) -> Metrics:
     """Evaluate ``model`` on every image of ``split`` in batches under ``torch.inference_mode()``.
 
     With ``comm`` each process scores its own contiguous slice of the images (none twice, no padding)
@@ -273,8 +259,7 @@ def evaluate_model(
     from cnnviz_cli.data.datasets import to_float
     from cnnviz_cli.training.loop import predict_logits
 
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}.")
+    check_batch_size(batch_size)
     if len(split) == 0:
         raise DataError(f"The {split.dataset} {split.name} split holds no images; there is nothing to evaluate.")
     images = to_float(split.images)
@@ -284,187 +269,6 @@ def evaluate_model(
         logits = comm.all_rows(predict_logits(model, comm.shard(images), batch_size=batch_size, on_batch=on_batch))
     return metrics_from_logits(
         logits, split.labels, split.classes, dataset=split.dataset, split=split.name, top_mistakes=top_mistakes
-    )
-
-
-@dataclass(frozen=True)
-class RunEvaluation:
-    """An evaluation of one stored run, with what is needed to write it back into the run."""
-
-    run: Run
-    checkpoint: Checkpoint
-    data: Split
-    result: EvaluationResult
-    device: str
-    section: str
-    options: dict
-    seconds: float = 0.0  # wall time of the forward passes and metrics (not part of any written file)
-
-    @property
-    def record(self) -> dict:
-        """What the manifest records about the outputs: the options that made them and the checkpoint."""
-        return {
-            "options": dict(self.options),
-            "checkpoint": MODEL_FILE,
-            "checkpoint_sha256": self.checkpoint.sha256,
-            "checkpoint_epoch": self.checkpoint.epoch,
-            "data_source": self.data.source,
-            "n": self.result.n,
-            "accuracy": self.result.accuracy,
-            "loss": self.result.loss,
-        }
-
-
-def section_name(split: str, dataset: str, run_dataset: str) -> str:
-    """'evaluation' for the run's own test set; other splits and datasets get their own folder."""
-    name = "evaluation" if split == "test" else f"evaluation-{split}"
-    return name if dataset == run_dataset else f"{name}-{dataset}"
-
-
-def check_options(split: str, batch_size: int, top_mistakes: int = DEFAULT_TOP_MISTAKES) -> None:
-    """Refuse bad option values before anything is loaded."""
-    if split not in EVALUATION_SPLITS:
-        raise UsageError(
-            f"Unknown split '{split}' for evaluation.",
-            "Choose test (the held-out test images) or val (the run's own validation images).",
-        )
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}.", "Try the default, 1024.")
-    if not 0 <= top_mistakes <= MAX_TOP_MISTAKES:
-        raise UsageError(
-            f"--top-mistakes must be between 0 and {MAX_TOP_MISTAKES}, got {top_mistakes}.", "Try the default, 24."
-        )
-
-
-def evaluate_run(
-    store: Store,
-    run_id: str | None,
-    *,
-    split: str = "test",
-    dataset: str | None = None,
-    data_dir: Path | None = None,
-    offline: bool = False,
-    batch_size: int = 1024,
-    device: str = "auto",
-    on_batch: BatchCallback | None = None,
-    top_mistakes: int = DEFAULT_TOP_MISTAKES,
-) -> RunEvaluation:
-    """Evaluate the checkpoint of run ``run_id`` (None = the latest complete run) on ``split``.
-
-    ``dataset`` defaults to the run's own dataset; ``val`` is the run's own validation split, carved
-    exactly as its training did. Nothing is written: pass the result to ``write_evaluation``.
-    """
-    from cnnviz_cli.data.datasets import check_dataset, run_split
-    from cnnviz_cli.store.checkpoint import MODEL_FILE, load_run_model
-    from cnnviz_cli.training.device import pick_device
-    from cnnviz_cli.training.distributed import check_enough_images, joined
-
-    check_options(split, batch_size, top_mistakes)
-    if dataset is not None:
-        check_dataset(dataset)
-    run = store.get_complete(run_id)
-    manifest = run.manifest()
-    run_dataset = manifest.get("dataset") or "mnist"
-    dataset = dataset or run_dataset
-    if split == "val" and dataset != run_dataset:
-        raise UsageError(
-            f"--split val means run '{run.id}''s own validation images, which come from {run_dataset}, "
-            f"not {dataset}.",
-            "Drop --dataset, or use --split test.",
-        )
-    with joined(pick_device(device)) as comm:
-        torch_device = comm.device
-        model, checkpoint = load_run_model(run, torch_device, MODEL_FILE)
-        data = run_split(manifest, split, dataset=dataset, data_dir=data_dir, offline=offline)
-        check_data_fits(data, checkpoint, run.id)
-        check_enough_images(len(data), comm.size, f"{dataset} {split}")
-        started = time.perf_counter()
-        result = evaluate_model(
-            model, data, batch_size=batch_size, on_batch=on_batch, top_mistakes=top_mistakes,
-            comm=comm if comm.size > 1 else None,
-        )
-        seconds = time.perf_counter() - started
-    options = {
-        "run": run.id,
-        "dataset": dataset,
-        "split": split,
-        "data_dir": str(data_dir) if data_dir is not None else None,
-        "offline": offline,
-        "batch_size": batch_size,
-        "device": device,
-        "top_mistakes": top_mistakes,
-    }
-    return RunEvaluation(
-        run=run,
-        checkpoint=checkpoint,
-        data=data,
-        result=result,
-        device=str(torch_device),
-        section=section_name(split, dataset, run_dataset),
-        options=options,
-        seconds=seconds,
-    )
-
-
-@dataclass(frozen=True)
-class EvaluationFiles:
-    """Where an evaluation's files ended up (absolute paths in the run folder) and their manifest section."""
-
-    section: str
-    metrics: Path
-    confusion_matrix: Path
-    mistakes: Path
-
-    @property
-    def images(self) -> dict[str, Path]:
-        return {"confusion_matrix": self.confusion_matrix, "mistakes": self.mistakes}
-
-
-def metrics_document(evaluation: RunEvaluation) -> dict:
-    """The content of metrics.json: the run, the checkpoint, the options and every metric (no timestamps)."""
-    return {
-        "run_id": evaluation.run.id,
-        "checkpoint": MODEL_FILE,
-        "checkpoint_sha256": evaluation.checkpoint.sha256,
-        "checkpoint_epoch": evaluation.checkpoint.epoch,
-        "data_source": evaluation.data.source,
-        # Only what shapes the content: how the data was found or computed is in the manifest's record.
-        "options": {k: evaluation.options[k] for k in ("dataset", "split", "top_mistakes")},
-        **evaluation.result.to_dict(),
-    }
-
-
-def write_evaluation(evaluation: RunEvaluation) -> EvaluationFiles:
-    """Write metrics.json and the two PNGs into the run as one output transaction (all or nothing)."""
-    from cnnviz_cli.plots.common import png_bytes
-    from cnnviz_cli.plots.evaluation import confusion_figure, mistakes_figure
-    from cnnviz_cli.store.runs import atomic_write_json
-
-    result = evaluation.result
-    section = evaluation.section
-    data = evaluation.data
-    title = f"{evaluation.run.id} · {result.dataset} {result.split} ({result.n:,} images)"
-    relpaths = {name: f"{section}/{name}" for name in (METRICS_FILE, CONFUSION_FILE, MISTAKES_FILE)}
-    with evaluation.run.outputs(section, record=evaluation.record) as staging:
-        atomic_write_json(staging.path(relpaths[METRICS_FILE], kind="metrics"), metrics_document(evaluation))
-        figure = confusion_figure(result.confusion, result.classes, title=f"Confusion matrix, accuracy {result.accuracy:.2%}\n{title}")
-        staging.write_bytes(relpaths[CONFUSION_FILE], png_bytes(figure), kind="figure")
-        indices = result.mistake_indices
-        images = data.images[indices] if indices else data.images[:0]
-        figure = mistakes_figure(
-            images,
-            [m.label_name for m in result.mistakes],
-            [m.prediction_name for m in result.mistakes],
-            result.mistake_probabilities,
-            indices,
-            title=f"The {len(indices)} most confidently wrong predictions\n{title}",
-        )
-        staging.write_bytes(relpaths[MISTAKES_FILE], png_bytes(figure), kind="figure")
-    return EvaluationFiles(
-        section=section,
-        metrics=staging.final_path(relpaths[METRICS_FILE]),
-        confusion_matrix=staging.final_path(relpaths[CONFUSION_FILE]),
-        mistakes=staging.final_path(relpaths[MISTAKES_FILE]),
     )
 
 
