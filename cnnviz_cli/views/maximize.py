@@ -173,11 +173,12 @@ def input_spec(checkpoint: Checkpoint) -> tuple[tuple[int, int, int], tuple[floa
 
 def _field(model, layer: str | None) -> ReceptiveField | None:
     """The receptive field of the layer's units where cnnviz knows it (the tutorial network's blocks)."""
+    from cnnviz_cli.models.network import Net
     from cnnviz_cli.models.receptive import field_for
 
-    config = getattr(model, "config", None)
-    if layer is None or config is None:
+    if layer is None or not isinstance(model, Net):
         return None
+    config = model.config
     for block in config.conv_names:
         index = block.removeprefix("conv")
         for stage in ("conv", "relu", "pool"):
