@@ -13,7 +13,8 @@ jitter by 8-16 px:
   colours from a decorrelated basis, which makes gradient steps favour smooth, natural colours. The
   network sees the image after the run's normalisation ((x - mean) / std).
 * Robustness transforms are scaled to the input: a random shift of up to 1/28 of the side (1 px at
-  28 px, 8 px at 224 px) and a scale change of a few percent, redrawn every step for every image.
+  28 px, 8 px at 224 px) but no more than a tenth of the unit's receptive field (measured by the
+  gradient's reach) and a scale change of a few percent, redrawn every step for every image.
 * Penalties, per image: total variation (summed squared differences of neighbouring pixels) and L2
   (summed squared distance from mid-grey, 0.5), both measured in [0, 1] pixel units. The objective is divided by
   the spread of the layer's output on the starting images, so the penalty weights mean the same on any
@@ -84,15 +85,18 @@ class MaximizeConfig:
             raise UsageError(f"The jitter must be zero or positive, got {self.jitter}.")
         check_choice(self.parameterisation, PARAMETERISATIONS, "parameterisation")
 
-    def jitter_for(self, height: int, width: int) -> int:
-        """Largest shift in pixels: 1/28 of the shorter side, rounded, at least 1 (1 px at 28 px, 8 at 224).
+    def jitter_for(self, height: int, width: int, field: int | None = None) -> int:
+        """Largest shift in pixels: 1/28 of the shorter side, rounded, at least 1 (1 px at 28 px, 8 at 224),
+        and at most a tenth of the unit's receptive field ``field`` (no shift for a field under 10 px).
 
         At 28 px a shift of 2 px already costs a fifth of the activation the images reach on the tutorial
-        network (measured on conv2) for no visible gain in cleanliness; TV does the smoothing.
+        network's conv2 (14 px field) for no visible gain in cleanliness; TV does the smoothing. On conv1
+        (5 px) a shift of 1 px left every image below the best test image, none without it.
         """
         if self.jitter is not None:
             return self.jitter
-        return max(1, round(min(height, width) / 28))
+        jitter = max(1, round(min(height, width) / 28))
+        return jitter if field is None else min(jitter, field // 10)
 
 
 @dataclass
@@ -114,6 +118,8 @@ class Maximized:
     probabilities: torch.Tensor | None
     unit: tuple[int, int] | None
     output_shape: tuple[int, ...]
+    field: int | None = None  # how far (in pixels) the centre unit's gradient reaches; None for classes
+    jitter: int = 0  # the largest shift used
 
 
 class _Reached(Exception):
@@ -129,12 +135,23 @@ def find_module(model: nn.Module, layer: str) -> nn.Module:
     return model.get_submodule(layer)
 
 
+def _rectifier(module: nn.Module) -> bool:
+    """A ReLU-like activation: monotone and elementwise, with a zero (or flat) gradient below 0."""
+    from torch import nn
+
+    return isinstance(module, (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU))
+
+
 @contextlib.contextmanager
-def _observe(model: nn.Module, layer: str | None) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+def _observe(
+    model: nn.Module, layer: str | None, before_rectifier: bool = False
+) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
     """A function input -> output of ``layer`` (the model's output for None) that runs no further than needed.
 
     The hook ends the forward pass as soon as the layer has produced its output, so later layers cost
-    nothing; it comes off when the block ends, also on errors.
+    nothing; it comes off when the block ends, also on errors. With ``before_rectifier`` and a ReLU-like
+    layer, the function gives the layer's input instead: the same ranking, and a gradient where the unit
+    is not firing yet (read before the layer runs, so an in-place ReLU cannot overwrite it).
     """
     if layer is None:
         yield model
@@ -142,10 +159,11 @@ def _observe(model: nn.Module, layer: str | None) -> Iterator[Callable[[torch.Te
     module = find_module(model, layer)
     box: list[torch.Tensor] = []
 
-    def hook(_module, _inputs, output):
-        if not hasattr(output, "dim"):
-            raise UsageError(f"Layer '{layer}' does not output a tensor ({type(output).__name__}).")
-        box.append(output)
+    def hook(_module, inputs, output=None):
+        value = inputs[0] if output is None else output
+        if not hasattr(value, "dim"):
+            raise UsageError(f"Layer '{layer}' does not output a tensor ({type(value).__name__}).")
+        box.append(value)
         raise _Reached
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +174,10 @@ def _observe(model: nn.Module, layer: str | None) -> Iterator[Callable[[torch.Te
             return box[0]
         raise UsageError(f"Layer '{layer}' is not used by the model's forward pass.")
 
-    handle = module.register_forward_hook(hook)
+    if before_rectifier and _rectifier(module):
+        handle = module.register_forward_pre_hook(hook)
+    else:
+        handle = module.register_forward_hook(hook)
     try:
         yield run
     finally:
@@ -318,6 +339,66 @@ def _transform(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def _reach(run, reference, mean_t, std_t, unit: tuple[int, int]) -> int:
+    """How many pixels (the longer side of the bounding box) the centre units' gradients reach on the
+    reference start images: the receptive field as far as this network actually uses it."""
+    import torch
+
+    with torch.enable_grad():
+        images = reference().detach().requires_grad_()
+        output = run((images - mean_t) / std_t)
+        output[:, :, unit[0], unit[1]].sum().backward()
+    support = images.grad.abs().sum(dim=(0, 1)) > 0
+    rows, cols = support.any(dim=1).nonzero(), support.any(dim=0).nonzero()
+    if len(rows) == 0:
+        return 0
+    return int(max(rows.max() - rows.min(), cols.max() - cols.min())) + 1
+
+
+REDIRECTED_STEPS = 16
+
+
+@contextlib.contextmanager
+def _redirected_relus(model: nn.Module) -> Iterator[list[bool]]:
+    """While ``switch[0]`` is True, every ``nn.ReLU`` of the model also passes the gradient that would make a
+    silent unit fire (as Lucid's "redirected ReLU" does): a unit that starts below zero, or a max-pool over
+    silent units, would otherwise never receive a gradient. Forward values are unchanged; the modules'
+    own ``forward`` comes back when the block ends."""
+    import torch
+    from torch import nn
+
+    class Redirected(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.clamp_min(0)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            # grad is d(loss)/d(output): negative where a larger output lowers the loss.
+            return grad * ((x > 0) | (grad < 0)).to(grad.dtype)
+
+    switch = [True]
+    patched = [m for m in model.modules() if type(m) is nn.ReLU]
+
+    def make(module):
+        original = module.forward
+
+        def forward(x):
+            return Redirected.apply(x) if switch[0] and torch.is_grad_enabled() else original(x)
+
+        return forward
+
+    for module in patched:
+        module.forward = make(module)
+    try:
+        yield switch
+    finally:
+        for module in patched:
+            del module.forward
+
+
 def _total_variation(images: torch.Tensor) -> torch.Tensor:
     """Per image: sum of squared differences between vertical and horizontal neighbours."""
     dy = (images[:, :, 1:, :] - images[:, :, :-1, :]).square().flatten(1).sum(1)
@@ -374,7 +455,7 @@ def maximize(
     # first 8 channels: a scale of the layer, not of the channels chosen.
     reference = make([start(i) for i in range(min(shape[0], 8))])
     generator = torch.Generator().manual_seed(config.seed)
-    jitter = config.jitter_for(h, w) if config.transforms else 0
+    field = None
     scale = config.scale if config.transforms else 0.0
     rows = torch.arange(n, device=device)
     channels = torch.tensor(indices, device=device)
@@ -389,12 +470,19 @@ def maximize(
     try:
         for p in model.parameters():
             p.requires_grad_(False)
-        with _observe(model, layer) as run:
+        rectifier = find_module(model, layer) if layer is not None else None
+        rectifier = rectifier if rectifier is not None and _rectifier(rectifier) else None
+        with _observe(model, layer, before_rectifier=True) as run, _redirected_relus(model) as redirect:
+            redirect[0] = False  # the true gradients for measuring the field
             with torch.no_grad():
                 spread = run((reference() - mean_t) / std_t).float().std().item()
             norm = spread if spread > 1e-8 and math.isfinite(spread) else 1.0
+            if unit is not None:
+                field = _reach(run, reference, mean_t, std_t, unit)
+            jitter = config.jitter_for(h, w, field) if config.transforms else 0
             optimizer = _Adam(image_of.params, config.lr)
             for step in range(config.steps):
+                redirect[0] = step < REDIRECTED_STEPS
                 images = image_of()
                 seen = _transform(images, jitter, scale, generator, channels.cpu(), shape[0]) if jitter or scale else images
                 reached = objective(run((seen - mean_t) / std_t)) / norm
@@ -404,9 +492,13 @@ def maximize(
                 optimizer.step()
                 if on_step is not None:
                     on_step(step + 1, config.steps)
+            redirect[0] = False
             with torch.no_grad():
                 images = image_of().detach()
                 output = run((images - mean_t) / std_t).float()
+        if rectifier is not None:  # report what the layer itself outputs (its hook is off by now)
+            with torch.no_grad():
+                output = rectifier(output.clone())
     finally:
         for p, flag in zip(model.parameters(), requires_grad, strict=True):
             p.requires_grad_(flag)
@@ -418,7 +510,7 @@ def maximize(
     else:
         peaks = output[rows, channels].flatten(1).amax(dim=1).cpu()
         probabilities = None
-    return Maximized(layer, indices, images.cpu(), activations, peaks, probabilities, unit, shape)
+    return Maximized(layer, indices, images.cpu(), activations, peaks, probabilities, unit, shape, field, jitter)
 
 
 def dataset_top(

@@ -147,7 +147,7 @@ class MaximizeResult:
             "seed": c.seed,
             "tv": c.tv,
             "l2": c.l2,
-            "jitter": c.jitter_for(*m.images.shape[-2:]) if c.transforms else 0,
+            "jitter": m.jitter,
             "split": self.split,
             "dataset": self.dataset,
             "searched": self.searched,

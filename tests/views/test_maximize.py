@@ -100,6 +100,24 @@ def test_a_channels_image_does_not_depend_on_the_others_optimised_with_it():
     assert float(alone.activations[0]) == pytest.approx(float(together.activations[1]), rel=1e-4)
 
 
+def test_silent_units_still_learn_to_fire(monkeypatch):
+    # A max-pool over ReLUs gives no gradient while all its inputs are negative; with a bias of -1 every
+    # unit of pool1 starts silent (each could still reach 0.9 to 1.8). Plain gradients leave them at 0;
+    # the redirected ReLU of the first 16 steps gets every one firing.
+    from cnnviz_cli.models import maximize as core
+
+    model = tiny_net()
+    with torch.no_grad():
+        model.conv1.bias.fill_(-1.0)
+    config = MaximizeConfig(steps=64)
+    redirected = maximize(model, "pool1", input_shape=(1, 16, 16), config=config)
+    assert bool((redirected.peaks > 0.5).all()), redirected.peaks
+    assert not any("forward" in vars(m) for m in model.modules())  # the modules' own forward is back
+    monkeypatch.setattr(core, "REDIRECTED_STEPS", 0)
+    plain = maximize(model, "pool1", input_shape=(1, 16, 16), config=config)
+    assert plain.peaks.tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
 def test_selected_channels_in_order_without_repeats():
     model = tiny_net()
     result = maximize(model, "conv1", [3, 1, 3], input_shape=(1, 16, 16), config=MaximizeConfig(steps=5))
@@ -176,7 +194,17 @@ def test_colour_basis_is_the_square_root_of_the_covariance():
 def test_jitter_scales_with_the_input():
     config = MaximizeConfig()
     assert [config.jitter_for(s, s) for s in (8, 28, 32, 64, 224)] == [1, 1, 1, 2, 8]
-    assert MaximizeConfig(jitter=3).jitter_for(28, 28) == 3
+    assert [config.jitter_for(224, 224, field) for field in (5, 14, 35, 100, 400)] == [0, 1, 3, 8, 8]
+    assert MaximizeConfig(jitter=3).jitter_for(28, 28, 5) == 3
+
+
+def test_jitter_follows_the_units_field():
+    model = tiny_net()
+    # conv1: a 5×5 field, no shift; conv2: a 14×14 field (its centre unit (4, 4) sees rows 2..15), 1 px.
+    first = maximize(model, "conv1", [0], input_shape=(1, 16, 16), config=MaximizeConfig(steps=1))
+    second = maximize(model, "conv2", [0], input_shape=(1, 16, 16), config=MaximizeConfig(steps=1))
+    assert (first.field, first.jitter) == (5, 0)
+    assert (second.field, second.jitter) == (14, 1)
 
 
 def test_output_shape_of_any_layer():
