@@ -144,14 +144,17 @@ class MlflowTarget:
             "cnnviz.dataset": contents.dataset,
             "cnnviz.model": contents.model,
             "cnnviz.checkpoint_sha256": contents.checkpoint_sha256,
+            **({"cnnviz.run_name": contents.name} if contents.name else {}),
         }
         existing = self._find(contents.run_id)
         if existing is None:
             run = client.create_run(
-                self.experiment_id, start_time=_millis(contents.created), tags=tags, run_name=contents.run_id
+                self.experiment_id, start_time=_millis(contents.created), tags=tags, run_name=contents.name or contents.run_id
             )
         else:
             run = client.get_run(existing.info.run_id)
+            if contents.name and run.info.run_name != contents.name:  # renamed since the last export
+                client.update_run(run.info.run_id, name=contents.name)
         mlflow_run_id = run.info.run_id
 
         warnings = []

@@ -64,6 +64,7 @@ class RunContents:
     """Everything an exporter needs from one complete run."""
 
     run_id: str
+    name: str | None  # the run's name (`train --name`, `runs --rename`), if it has one
     dir: Path
     created: datetime | None
     completed: datetime | None
@@ -212,6 +213,7 @@ def compute(run: Run) -> RunContents:
     final_metrics, evaluation = _evaluation(run, manifest)
     return RunContents(
         run_id=run.id,
+        name=manifest.get("name"),
         dir=run.dir,
         created=_time(manifest.get("created")),
         completed=_time(manifest.get("completed")),

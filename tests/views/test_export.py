@@ -147,6 +147,7 @@ def test_mlflow_holds_parameters_metric_histories_tags_and_files(pictured_store,
     experiment = client.get_experiment_by_name("digits")
     [run] = client.search_runs([experiment.experiment_id], f"tags.`cnnviz.run_id` = '{run_id}'")
     assert run.info.run_id == exported["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert run.info.run_name == run_id and "cnnviz.run_name" not in run.data.tags  # the run has no name
     assert run.data.params["epochs"] == "2"
     assert run.data.params["model.channels"] == "[16, 32]"
     assert run.data.tags["cnnviz.dataset"] == "mnist"
@@ -180,7 +181,7 @@ def test_mlflow_export_again_updates_the_one_run(pictured_store, mlflow_export, 
 
 
 @pytest.mark.slow
-def test_mlflow_export_after_resume_adds_the_new_epoch_to_the_same_run(
+def test_mlflow_export_after_resume_and_rename_updates_the_same_run(
     pictured_store, mlflow_export, tiny_data, tmp_path, monkeypatch
 ):
     from mlflow.tracking import MlflowClient
@@ -194,6 +195,7 @@ def test_mlflow_export_after_resume_adds_the_new_epoch_to_the_same_run(
     result = cli("train", "--artifacts", store, "--resume", run_id, "--epochs", "3",
                  "--data-dir", tiny_data, "--quiet")
     assert result.exit_code == 0, result.stderr
+    assert cli("runs", "--artifacts", store, "--rename", run_id, "baseline").exit_code == 0
     result = cli("export", "--artifacts", store, "--to", "mlflow", uri, "--experiment", "resumed", "--json")
     assert result.exit_code == 0, result.stderr
     second = json.loads(result.stdout)
@@ -206,6 +208,7 @@ def test_mlflow_export_after_resume_adds_the_new_epoch_to_the_same_run(
     # The evaluation was made from epoch 2's weights and stays there.
     assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")] == [2]
     assert run.data.params["epochs"] == "2"
+    assert (run.info.run_name, run.data.tags["cnnviz.run_name"]) == ("baseline", "baseline")
 
 
 def test_mlflow_experiment_defaults_to_cnnviz(pictured_store, mlflow_export, monkeypatch):
