@@ -159,6 +159,37 @@ def test_class_images_light_their_own_pixel_and_reach_high_probability():
     assert torch.equal(result.peaks, result.activations)
 
 
+@pytest.mark.slow
+def test_a_resnet18_layer():
+    # Any network: torchvision's resnet18 (BatchNorm, residual sums, a ReLU module used twice in place).
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    config = MaximizeConfig(steps=12)
+    result = maximize(model, "layer2.0.conv2", [5, 0], input_shape=(3, 32, 32), mean=mean, std=std, config=config)
+    assert result.output_shape == (128, 4, 4) and result.unit == (2, 2)
+    assert result.images.shape == (2, 3, 32, 32)
+    assert 0.0 <= float(result.images.min()) and float(result.images.max()) <= 1.0
+    normalised = (result.images - torch.tensor(mean).reshape(1, 3, 1, 1)) / torch.tensor(std).reshape(1, 3, 1, 1)
+    seen = {}
+    handle = model.layer2[0].conv2.register_forward_hook(lambda _m, _i, out: seen.setdefault("out", out))
+    with torch.no_grad():
+        model(normalised)
+    handle.remove()
+    assert torch.allclose(result.activations, seen["out"][[0, 1], [5, 0], 2, 2], atol=1e-4)
+    # The ReLU modules got their own forward back, BatchNorm's statistics and every weight are untouched.
+    assert not any("forward" in vars(m) for m in model.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    classes = maximize(model, None, [3], input_shape=(3, 32, 32), mean=mean, std=std, config=config)
+    assert classes.probabilities is not None and classes.images.shape == (1, 3, 32, 32)
+    top = dataset_top(model, "layer2.0.conv2", [5, 0], torch.rand(6, 3, 32, 32), k=2, mean=mean, std=std)
+    assert top.values.shape == (2, 2) and bool((top.values[:, 0] >= top.values[:, 1]).all())
+
+
 def test_rgb_fourier_with_normalisation_and_colour_basis():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 4, 3, stride=2)).eval()
