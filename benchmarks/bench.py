@@ -39,7 +39,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 
 SCHEMA = "cnnviz-bench/1"
 THREADS_ENV = "CNNVIZ_THREADS"  # = cnnviz_cli.training.device.THREADS_ENV (not imported here: that module imports torch)
-SECTIONS = ("startup", "loop", "command", "eval", "render", "maximize")
+SECTIONS = ("startup", "loop", "command", "eval", "render", "maximize", "distributed")
 BATCH_SIZE = 256  # the tutorial's
 LR = 1e-3
 VAL_FRACTION = 0.2
@@ -664,7 +664,75 @@ def work_maximize(spec: dict) -> dict:
             "threads": torch.get_num_threads()}
 
 
-WORKERS: dict[str, Callable[[dict], dict]] = {
+def work_dist_step(spec: dict) -> dict | None:
+    """Under torchrun: how long one DDP step takes with its gradient all-reduce and without it
+    (``no_sync``), and the all-reduces alone (the gradients' size; the one-number stop vote cnnviz adds
+    before each batch). Rank 0 returns the medians; blocks of steps alternate so load hits both alike."""
+    import contextlib
+
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from cnnviz_cli.config import ModelConfig
+    from cnnviz_cli.data.datasets import load_split, to_float
+    from cnnviz_cli.models.network import Net
+    from cnnviz_cli.training.device import pick_device
+    from cnnviz_cli.training.distributed import joined
+
+    data_dir = Path(spec["data_dir"]) if spec.get("data_dir") else None
+    with joined(pick_device("cpu")) as comm:
+        train = load_split(spec["dataset"], "train", data_dir, offline=True, limit=min(spec["limit"], 4096))
+        images, labels = to_float(train.images), train.labels
+        torch.manual_seed(0)
+        net = Net(ModelConfig())
+        model = comm.wrap(net)
+        optimizer = torch.optim.Adam(net.parameters(), lr=LR)
+        share = BATCH_SIZE // comm.size
+        generator = torch.Generator().manual_seed(comm.rank)
+        grads = torch.zeros(sum(p.numel() for p in net.parameters()))
+        vote = torch.zeros(1, dtype=torch.int64)
+
+        def step(sync: bool) -> None:
+            idx = torch.randint(0, images.shape[0], (share,), generator=generator)
+            optimizer.zero_grad(set_to_none=True)
+            with contextlib.nullcontext() if sync else model.no_sync():
+                F.cross_entropy(model(images[idx]), labels[idx]).backward()
+            optimizer.step()
+
+        def per_call(work: Callable[[], None], calls: int) -> float:
+            dist.barrier()
+            started = time.perf_counter()
+            for _ in range(calls):
+                work()
+            return (time.perf_counter() - started) / calls
+
+        for _ in range(3):  # warm-up: buckets, oneDNN kernels, connections
+            step(True)
+        times: dict[str, list[float]] = {"sync": [], "no_sync": [], "allreduce": [], "vote": []}
+        for block in range(spec.get("blocks", 6)):
+            order = ("sync", "no_sync") if block % 2 == 0 else ("no_sync", "sync")
+            for kind in order:
+                times[kind].append(per_call(lambda kind=kind: step(kind == "sync"), 10))
+            times["allreduce"].append(per_call(lambda: dist.all_reduce(grads), 20))
+            times["vote"].append(per_call(lambda: dist.all_reduce(vote, op=dist.ReduceOp.MAX), 50))
+        medians = {k: statistics.median(v) for k, v in times.items()}
+        if not comm.is_main:
+            return None
+        return {
+            "processes": comm.size,
+            "threads": torch.get_num_threads(),
+            "images_per_process": share,
+            "gradient_bytes": grads.numel() * grads.element_size(),
+            "step_s": medians["sync"],
+            "step_no_sync_s": medians["no_sync"],
+            "allreduce_s": medians["allreduce"],
+            "vote_s": medians["vote"],
+        }
+
+
+WORKERS: dict[str, Callable[[dict], dict | None]] = {
+    "dist_step": work_dist_step,
     "loop": work_loop, "eval": work_eval, "render": work_render, "warm": work_warm, "maximize": work_maximize,
 }
 
@@ -1050,6 +1118,63 @@ class Bench:
 
     # ---- the whole run
 
+    def section_distributed(self) -> None:
+        """One epoch in 1 process × 2 threads against 2 processes × 1 thread (`--nproc 2`), and what a
+        step's communication costs."""
+        opts = self.options
+        self.log(f"distributed: one epoch on {opts.limit} images, 1 process × 2 threads vs `--nproc 2` × 1 thread, "
+                 f"{opts.repeats} pairs")
+        results: dict[str, list[dict]] = {"one": [], "two": []}
+
+        def train(i: int, variant: str) -> None:
+            store = self.workspace / f"dist-store-{i}-{variant}"
+            args = ["train", "--dataset", opts.dataset, "--epochs", "1", "--limit", str(opts.limit),
+                    "--seed", str(i), "--artifacts", str(store), "--json", "--quiet"]
+            env = {**self.env, THREADS_ENV: "2" if variant == "one" else "1"}
+            if variant == "two":
+                args += ["--nproc", "2"]
+            child = run_child(cnnviz_cmd(*args), env)
+            doc = child.json()
+            row = doc["history"][0]
+            results[variant].append({"epoch_s": row["seconds"], "seconds": child.seconds,
+                                     "acc": row["val_accuracy"]})
+            shutil.rmtree(store, ignore_errors=True)
+            label = "1 process × 2 threads" if variant == "one" else "2 processes × 1 thread"
+            self.log(f"  pair {i + 1}: {label:<23} epoch {row['seconds']:6.2f} s  command {child.seconds:6.1f} s  "
+                     f"val acc {row['val_accuracy']:.4f}")
+
+        self.pairs(lambda i: train(i, "one"), lambda i: train(i, "two"), opts.repeats)
+        baseline_label = "1 process × 2 threads"
+        self.add(Row("dist_epoch", "distributed", "one epoch (training + validation), 2 processes × 1 thread",
+                     "s", "lower", baseline_label=baseline_label,
+                     baseline=[r["epoch_s"] for r in results["one"]], cnnviz=[r["epoch_s"] for r in results["two"]],
+                     note="rank 0's epoch time from the run's history; on 2 cores no speed-up is expected"))
+        self.add(Row("dist_command", "distributed", "whole `cnnviz train --nproc 2` command, 1 epoch", "s",
+                     "lower", baseline_label=baseline_label,
+                     baseline=[r["seconds"] for r in results["one"]], cnnviz=[r["seconds"] for r in results["two"]],
+                     note="includes the launcher and a second interpreter importing torch"))
+        self.add(Row("dist_acc", "distributed", "validation accuracy after one epoch", "%", "higher",
+                     baseline_label=baseline_label, baseline=[r["acc"] for r in results["one"]],
+                     cnnviz=[r["acc"] for r in results["two"]], ratio_means=""))
+
+        steps = []
+        for i in range(opts.repeats):
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   *worker_cmd("dist_step", self.spec(seed=i))[1:]]
+            steps.append(run_child(cmd, {**self.env, THREADS_ENV: "1", "OMP_NUM_THREADS": "1"}).json())
+            s = steps[-1]
+            self.log(f"  step {i + 1}: {s['step_s'] * 1e3:6.1f} ms with all-reduce, {s['step_no_sync_s'] * 1e3:6.1f} ms "
+                     f"without; all-reduce of {s['gradient_bytes'] / 1024:.0f} KiB alone {s['allreduce_s'] * 1e3:.2f} ms, "
+                     f"stop vote {s['vote_s'] * 1e6:.0f} µs")
+        exposed = [max(0.0, s["step_s"] - s["step_no_sync_s"]) / s["step_s"] for s in steps]
+        alone = [s["allreduce_s"] / s["step_s"] for s in steps]
+        self.add(Row("dist_comm_share", "distributed", "communication share of a DDP step (2 processes)", "%",
+                     "lower", baseline_label="", cnnviz=exposed, ratio_means="",
+                     note=f"step time with the gradient all-reduce minus without it (no_sync), over the step; the "
+                          f"all-reduce of the {steps[0]['gradient_bytes'] / 1024:.0f} KiB of gradients alone is "
+                          f"{statistics.median(alone):.1%} of a step (DDP overlaps part of it with the backward pass)",
+                     extra={"steps": steps, "allreduce_share": alone}))
+
     def run(self) -> dict:
         started = time.perf_counter()
         machine = self.machine = machine_info()
@@ -1371,7 +1496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         result = WORKERS[args.worker](json.loads(args.spec))
-        sys.stdout.write(json.dumps(result) + "\n")
+        if result is not None:  # None: a worker of several processes that is not rank 0
+            sys.stdout.write(json.dumps(result) + "\n")
         return 0
 
     from cnnviz_cli import console
