@@ -1124,7 +1124,8 @@ class Bench:
         opts = self.options
         self.log(f"distributed: one epoch on {opts.limit} images, 1 process × 2 threads vs `--nproc 2` × 1 thread, "
                  f"{opts.repeats} pairs")
-        results: dict[str, list[dict]] = {"one": [], "two": []}
+        results: dict[str, list[dict]] = {"one": [], "two": [], "one-thread": []}
+        labels = {"one": "1 process × 2 threads", "two": "2 processes × 1 thread", "one-thread": "1 process × 1 thread"}
 
         def train(i: int, variant: str) -> None:
             store = self.workspace / f"dist-store-{i}-{variant}"
@@ -1139,16 +1140,23 @@ class Bench:
             results[variant].append({"epoch_s": row["seconds"], "seconds": child.seconds,
                                      "acc": row["val_accuracy"]})
             shutil.rmtree(store, ignore_errors=True)
-            label = "1 process × 2 threads" if variant == "one" else "2 processes × 1 thread"
-            self.log(f"  pair {i + 1}: {label:<23} epoch {row['seconds']:6.2f} s  command {child.seconds:6.1f} s  "
+            self.log(f"  pair {i + 1}: {labels[variant]:<23} epoch {row['seconds']:6.2f} s  command {child.seconds:6.1f} s  "
                      f"val acc {row['val_accuracy']:.4f}")
 
-        self.pairs(lambda i: train(i, "one"), lambda i: train(i, "two"), opts.repeats)
-        baseline_label = "1 process × 2 threads"
+        def one_process(i: int) -> None:
+            train(i, "one")
+            train(i, "one-thread")
+
+        self.pairs(one_process, lambda i: train(i, "two"), opts.repeats)
+        baseline_label = labels["one"]
         self.add(Row("dist_epoch", "distributed", "one epoch (training + validation), 2 processes × 1 thread",
                      "s", "lower", baseline_label=baseline_label,
                      baseline=[r["epoch_s"] for r in results["one"]], cnnviz=[r["epoch_s"] for r in results["two"]],
                      note="rank 0's epoch time from the run's history; on 2 cores no speed-up is expected"))
+        self.add(Row("dist_epoch_one_thread", "distributed", "one epoch, 2 processes × 1 thread", "s", "lower",
+                     baseline_label=labels["one-thread"], baseline=[r["epoch_s"] for r in results["one-thread"]],
+                     cnnviz=[r["epoch_s"] for r in results["two"]],
+                     note="what a second process adds at the same threads per process"))
         self.add(Row("dist_command", "distributed", "whole `cnnviz train --nproc 2` command, 1 epoch", "s",
                      "lower", baseline_label=baseline_label,
                      baseline=[r["seconds"] for r in results["one"]], cnnviz=[r["seconds"] for r in results["two"]],

@@ -411,8 +411,12 @@ def joined(device: torch.device) -> Iterator[Comm]:
         device = torch.device("cuda", place.local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
-    else:
+    elif device.type == "cpu":
         backend = "gloo"
+    else:
+        raise UsageError(
+            f"Several processes can share CPUs or CUDA GPUs, not {device.type.upper()}.", "Add --device cpu."
+        )
     dist.init_process_group(backend)
     try:
         yield Comm(place, device, backend)
