@@ -1152,7 +1152,8 @@ class Bench:
         self.add(Row("dist_epoch", "distributed", "one epoch (training + validation), 2 processes × 1 thread",
                      "s", "lower", baseline_label=baseline_label,
                      baseline=[r["epoch_s"] for r in results["one"]], cnnviz=[r["epoch_s"] for r in results["two"]],
-                     note="rank 0's epoch time from the run's history; on 2 cores no speed-up is expected"))
+                     note="rank 0's epoch time from the run's history; on 2 idle cores no speed-up is expected, on "
+                          "busy ones two threads of one process stall each other more than two processes do"))
         self.add(Row("dist_epoch_one_thread", "distributed", "one epoch, 2 processes × 1 thread", "s", "lower",
                      baseline_label=labels["one-thread"], baseline=[r["epoch_s"] for r in results["one-thread"]],
                      cnnviz=[r["epoch_s"] for r in results["two"]],
