@@ -105,22 +105,16 @@ def main(
         return
 
     from cnnviz_cli import console
-    from cnnviz_cli.training.run import train_run
+    from cnnviz_cli.views import train
 
+    options = train.TrainOptions(
+        config, data_dir, offline, resume, ctx.get_parameter_source("epochs").name != "DEFAULT",
+        tuple(command_line(ctx)), name,
+    )
     started = time.perf_counter()
     progress = _make_progress(quiet)
     try:
-        result = train_run(
-            store,
-            config,
-            data_dir=data_dir,
-            offline=offline,
-            progress=progress,
-            resume=resume,
-            epochs_given=ctx.get_parameter_source("epochs").name != "DEFAULT",
-            command=command_line(ctx),
-            name=name,
-        )
+        result = train.compute(store, options, progress)
     finally:
         progress.close()
     elapsed = time.perf_counter() - started
@@ -131,24 +125,7 @@ def main(
     if not quiet:
         console.result(_summary(result, elapsed, name))
     if json_out:
-        console.emit_json(
-            {
-                "run_id": result.run_id,
-                "name": name,
-                "run_dir": str(result.run_dir),
-                "checkpoint": str(result.checkpoint),
-                "status": "complete",
-                "dataset": result.config.dataset,
-                "device": result.device,
-                "train_size": result.train_size,
-                "val_size": result.val_size,
-                "options": result.config.to_dict(),
-                "final": result.final,
-                "best_val_accuracy": result.best_val_accuracy,
-                "history": result.history,
-                "seconds": round(elapsed, 3),
-            }
-        )
+        console.emit_json(result.to_json(name, elapsed))
 
 
 def _summary(result, elapsed: float, name: str | None):

@@ -11,14 +11,12 @@ store and reports progress; see ``training/distributed.py``.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import os
 import platform
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,9 +34,8 @@ from cnnviz_cli.training.device import pick_device
 from cnnviz_cli.training.distributed import Comm, check_batch_divides, check_enough_images, joined
 from cnnviz_cli.training.loop import EpochStats, epoch_generator, evaluate, train_epoch
 
-HISTORY_FILE = "history.csv"
-CURVES_FILE = "curves.png"
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+# What a run's view adds when training ends: {relpath: (bytes, kind)} from (run id, config, history).
+FinalFiles = Callable[[str, TrainConfig, list[dict]], dict[str, tuple[bytes, str]]]
 
 
 def epoch_checkpoint(epoch: int) -> str:
@@ -75,6 +72,25 @@ class TrainResult:
     val_size: int
     device: str
     resumed_from_epoch: int
+
+    def to_json(self, name: str | None, seconds: float) -> dict:
+        """The --json document of `cnnviz train`; ``seconds`` is the command's wall time."""
+        return {
+            "run_id": self.run_id,
+            "name": name,
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(self.checkpoint),
+            "status": "complete",
+            "dataset": self.config.dataset,
+            "device": self.device,
+            "train_size": self.train_size,
+            "val_size": self.val_size,
+            "options": self.config.to_dict(),
+            "final": self.final,
+            "best_val_accuracy": self.best_val_accuracy,
+            "history": self.history,
+            "seconds": round(seconds, 3),
+        }
 
 
 class _StopFlag:
@@ -124,14 +140,6 @@ def _versions() -> dict:
     }
 
 
-def _history_csv(history: list[dict]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    return buffer.getvalue().encode()
-
-
 def _optimizer_tensors(optimizer: torch.optim.Adam, model: Net) -> dict[str, torch.Tensor]:
     names = {id(p): name for name, p in model.named_parameters()}
     tensors = {}
@@ -152,21 +160,21 @@ def _load_optimizer_tensors(optimizer: torch.optim.Adam, model: Net, tensors: di
         optimizer.state[param] = state
 
 
-def _finish(run: Run, config: TrainConfig, history: list[dict], model: Net, classes: tuple[str, ...]) -> None:
-    from cnnviz_cli.plots.common import png_bytes
-    from cnnviz_cli.plots.curves import training_curves
-
+def _finish(
+    run: Run, config: TrainConfig, history: list[dict], model: Net, classes: tuple[str, ...], final_files: FinalFiles
+) -> None:
+    """The final weights and the caller's final files (history, curves) in place, then the run is complete."""
     save_checkpoint(
         run.dir / MODEL_FILE, model, dataset=config.dataset, classes=classes, epoch=len(history), run_id=run.id
     )
-    atomic_write_bytes(run.dir / HISTORY_FILE, _history_csv(history))
-    title = f"Run {run.id}: {config.dataset}, {len(history)} epochs, seed {config.seed}"
-    atomic_write_bytes(run.dir / CURVES_FILE, png_bytes(training_curves(history, title)))
+    files = final_files(run.id, config, history)
+    for relpath, (data, _kind) in files.items():
+        atomic_write_bytes(run.dir / relpath, data)
 
     def complete(manifest: dict) -> None:
         run.record_file(manifest, MODEL_FILE, "checkpoint")
-        run.record_file(manifest, HISTORY_FILE, "history")
-        run.record_file(manifest, CURVES_FILE, "figure")
+        for relpath, (_data, kind) in files.items():
+            run.record_file(manifest, relpath, kind)
         manifest["status"] = "complete"
         manifest["completed"] = utc_now()
 
@@ -192,11 +200,14 @@ def train_run(
     epochs_given: bool = True,
     command: list[str] | None = None,
     name: str | None = None,
+    final_files: FinalFiles | None = None,
 ) -> TrainResult:
     """Train a new run (or continue ``resume``) in ``store``; returns what was stored.
 
     When resuming, ``config.epochs`` is the new target if ``epochs_given``, else the run's own target.
     ``name`` names the new run (unique in the store; checked before any work, recorded atomically).
+    ``final_files`` gives the files the run's view adds at the end (views.train: history and curves);
+    they are in place before the run is marked complete.
 
     SIGINT/SIGTERM are caught for the whole call: before the run exists they cancel cleanly, later
     they stop training at the next batch boundary.
@@ -206,7 +217,7 @@ def train_run(
             progress = None
         return _train_run(
             store, config, data_dir, offline, progress or TrainProgress(), resume, epochs_given, command, stop, comm,
-            name,
+            name, final_files or (lambda _run_id, _config, _history: {}),
         )
 
 
@@ -221,7 +232,8 @@ def _train_run(
     command: list[str] | None,
     stop: _StopFlag,
     comm: Comm,
-    name: str | None = None,
+    name: str | None,
+    final_files: FinalFiles,
 ) -> TrainResult:
     device = comm.device
     if name is not None:
@@ -322,7 +334,7 @@ def _train_run(
                 f"{'the checkpoint of epoch ' + str(done) + ' is kept' if done else 'no epoch had finished'}.",
                 f"Continue it with `cnnviz train --resume {run.id}`.",
             )
-        comm.by_main(lambda: _finish(run, config, history, net, classes))
+        comm.by_main(lambda: _finish(run, config, history, net, classes, final_files))
     except Interrupted:
         raise
     except KeyboardInterrupt:

@@ -166,3 +166,24 @@ def test_later_commands_find_the_data_folder_the_run_was_trained_from(tiny_data,
     result = cli("evaluate", "--artifacts", tmp_path / "a", "--offline", "--json", "--quiet")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["n"] == 200
+
+
+def test_final_files_are_the_history_table_and_the_curves():
+    from cnnviz_cli.config import TrainConfig
+    from cnnviz_cli.views.train import final_files
+
+    history = [
+        {"epoch": 1, "train_loss": 2.0, "train_accuracy": 0.25, "val_loss": 1.5, "val_accuracy": 0.5, "seconds": 1.25},
+        {"epoch": 2, "train_loss": 1.0, "train_accuracy": 0.75, "val_loss": 0.5, "val_accuracy": 0.875, "seconds": 1.0},
+    ]
+    files = final_files("run-1", TrainConfig(epochs=2), history)
+    assert list(files) == ["history.csv", "curves.png"]
+    data, kind = files["history.csv"]
+    assert kind == "history"
+    assert data.decode().splitlines() == [
+        "epoch,train_loss,train_accuracy,val_loss,val_accuracy,seconds",
+        "1,2.0,0.25,1.5,0.5,1.25",
+        "2,1.0,0.75,0.5,0.875,1.0",
+    ]
+    png, kind = files["curves.png"]
+    assert kind == "figure" and png.startswith(b"\x89PNG\r\n\x1a\n")

@@ -1,0 +1,73 @@
+"""The train view: train a run (``compute``) and the files it adds when training ends (``final_files``).
+
+Training itself (epochs, checkpoints, resume, processes) is ``training.run``; this module gives it the
+run's history.csv and curves.png, which are in place before the run is marked complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cnnviz_cli.config import TrainConfig
+    from cnnviz_cli.store.runs import Store
+    from cnnviz_cli.training.run import TrainProgress, TrainResult
+
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "curves.png"
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to train, besides the run's own configuration (``TrainConfig`` checks itself when built)."""
+
+    config: TrainConfig
+    data_dir: Path | None = None
+    offline: bool = False
+    resume: str | None = None  # a run to continue instead of a new one
+    epochs_given: bool = True  # when resuming: config.epochs is the new target (else the run's own)
+    command: tuple[str, ...] = ()  # the command line, recorded in the manifest
+    name: str | None = None
+
+
+def history_csv(history: list[dict]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue().encode()
+
+
+def final_files(run_id: str, config: TrainConfig, history: list[dict]) -> dict[str, tuple[bytes, str]]:
+    """history.csv and curves.png of a finished run: {relpath: (bytes, kind)}."""
+    from cnnviz_cli.plots.common import png_bytes
+    from cnnviz_cli.plots.train import training_curves
+
+    title = f"Run {run_id}: {config.dataset}, {len(history)} epochs, seed {config.seed}"
+    return {
+        HISTORY_FILE: (history_csv(history), "history"),
+        CURVES_FILE: (png_bytes(training_curves(history, title)), "figure"),
+    }
+
+
+def compute(store: Store, options: TrainOptions, progress: TrainProgress | None = None) -> TrainResult:
+    """Train a new run (or continue ``options.resume``) in ``store``; returns what was stored."""
+    from cnnviz_cli.training.run import train_run
+
+    return train_run(
+        store,
+        options.config,
+        data_dir=options.data_dir,
+        offline=options.offline,
+        progress=progress,
+        resume=options.resume,
+        epochs_given=options.epochs_given,
+        command=list(options.command),
+        name=options.name,
+        final_files=final_files,
+    )
