@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cnnviz_cli.config import check_batch_size, check_top
 from cnnviz_cli.errors import UsageError
 from cnnviz_cli.models.receptive import ReceptiveField, field_for
 from cnnviz_cli.progress import BatchCallback
@@ -146,10 +147,8 @@ def top_patches(
     n = int(images.shape[0])
     if n == 0:
         raise UsageError("There are no images to search.", "Pick another split or a larger --limit.")
-    if k < 1:
-        raise UsageError(f"--top must be at least 1, got {k}.")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}.")
+    check_top(k)
+    check_batch_size(batch_size)
     k = min(k, n)
     device = next(model.parameters()).device
     model.eval()

@@ -1,0 +1,157 @@
+"""The patches view: the dataset patches that excite each channel most (``compute``), drawn into the run (``write``).
+
+The search itself (a running top-K per channel, the crops) is ``cnnviz_cli.patches``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cnnviz_cli.config import check_at_least, check_batch_size, check_top
+from cnnviz_cli.patches import STAGE
+
+if TYPE_CHECKING:
+    from cnnviz_cli.data.datasets import Split
+    from cnnviz_cli.models.receptive import ReceptiveField
+    from cnnviz_cli.patches import LayerPatches
+    from cnnviz_cli.progress import BatchCallback
+    from cnnviz_cli.store.checkpoint import Checkpoint
+    from cnnviz_cli.store.runs import Run
+
+SECTION = "patches"
+DATA_FILE = f"{SECTION}/patches.json"
+WINDOW_NOTE = "[top, left, bottom, right) of a patch in input pixels; it may reach past the image border"
+
+
+@dataclass(frozen=True)
+class PatchesOptions:
+    """What to search; checked when built, so a mistake is reported before the store is opened."""
+
+    layers: tuple[str, ...] | None = None  # None: every conv layer
+    top: int = 9
+    split: str = "test"
+    limit: int | None = None  # search only the first N images
+    batch_size: int = 500
+    data_dir: Path | None = None
+    offline: bool = False
+
+    def __post_init__(self) -> None:
+        check_top(self.top)
+        check_batch_size(self.batch_size)
+        if self.limit is not None:
+            check_at_least(self.limit, 1, "--limit")
+
+
+@dataclass(frozen=True)
+class PatchesResult:
+    run_id: str
+    run_dir: Path
+    options: PatchesOptions
+    checkpoint: Checkpoint
+    data: Split
+    images: int  # how many images were searched
+    fields: list[ReceptiveField]  # of every conv layer, for the table and the JSON
+    layers: list[LayerPatches]
+    seconds: float  # the search's wall time
+
+    @property
+    def top(self) -> int:
+        """Patches per channel: --top, or fewer if fewer images were searched."""
+        return int(self.layers[0].top.values.shape[1])
+
+    @property
+    def warnings(self) -> list[str]:
+        if self.options.top <= self.images:
+            return []
+        return [f"--top {self.options.top} is more than the {self.images} images searched; "
+                f"showing {self.images} per channel."]
+
+    def relpath(self, layer: str) -> str:
+        return f"{SECTION}/{layer}.png"
+
+    def record(self) -> dict:
+        """The manifest entry (also written into patches.json)."""
+        return {
+            "command": "patches",
+            "layers": [layer.layer for layer in self.layers],
+            "top": self.top,
+            "split": self.data.name,
+            "limit": self.options.limit,
+            "images": self.images,
+            "dataset": self.data.dataset,
+            "stage": STAGE,
+            "checkpoint_sha256": self.checkpoint.sha256,
+        }
+
+    def document(self) -> dict:
+        """What was found: the receptive fields and every patch of every channel."""
+        labels = self.data.labels[: self.images]
+        return {
+            "split": self.data.name,
+            "dataset": self.data.dataset,
+            "images": self.images,
+            "top": self.top,
+            "stage": STAGE,
+            "window": WINDOW_NOTE,
+            "receptive_fields": [f.to_dict() for f in self.fields],
+            "layers": {layer.layer: layer.to_dict(labels, self.data.classes) for layer in self.layers},
+        }
+
+    def to_json(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            **self.document(),
+            "figures": {layer.layer: str(self.run_dir / self.relpath(layer.layer)) for layer in self.layers},
+            "json": str(self.run_dir / DATA_FILE),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def compute(run: Run, options: PatchesOptions, on_batch: BatchCallback | None = None) -> PatchesResult:
+    """Search the split (or its first ``limit`` images) for each channel's strongest patches."""
+    import time
+
+    from cnnviz_cli.data.datasets import run_split
+    from cnnviz_cli.models.probe import check_layers
+    from cnnviz_cli.models.receptive import receptive_fields
+    from cnnviz_cli.patches import top_patches
+    from cnnviz_cli.store.checkpoint import load_run_model
+
+    model, checkpoint = load_run_model(run, "cpu")
+    chosen = check_layers(model, options.layers)
+    data = run_split(
+        run.manifest(), options.split, dataset=checkpoint.dataset, data_dir=options.data_dir, offline=options.offline
+    )
+    images = data.images if options.limit is None else data.images[: options.limit]
+    started = time.perf_counter()
+    layers = top_patches(model, images, chosen, k=options.top, batch_size=options.batch_size, on_batch=on_batch)
+    seconds = time.perf_counter() - started
+    fields = receptive_fields(checkpoint.model_config)
+    return PatchesResult(run.id, run.dir, options, checkpoint, data, len(images), fields, layers, seconds)
+
+
+def write(run: Run, result: PatchesResult) -> list[Path]:
+    """patches/<layer>.png and patches/patches.json, recorded in the manifest, all or nothing."""
+    from cnnviz_cli.plots.common import png_bytes
+    from cnnviz_cli.plots.patches import patches_figure
+    from cnnviz_cli.store.runs import atomic_write_json
+
+    record = result.record()
+    data = result.data
+    paths = []
+    with run.outputs(SECTION, record=record) as staging:
+        for layer in result.layers:
+            field = layer.field
+            title = (
+                f"{layer.layer} (ReLU): the {result.top} {data.dataset} {data.name} images that excite each channel "
+                f"most, run {run.id}\n"
+                f"tile: the {field.size}×{field.size} px field (jump {field.jump}) of the strongest unit · "
+                "caption: #image activation · pale blue: outside the image"
+            )
+            png = png_bytes(patches_figure(layer, title))
+            paths.append(staging.write_bytes(result.relpath(layer.layer), png, kind="figure"))
+        document = {"run_id": run.id, **result.document(), "record": record}
+        atomic_write_json(staging.path(DATA_FILE, kind="data"), document)
+    return [*paths, staging.final_path(DATA_FILE)]
