@@ -16,11 +16,14 @@ jitter by 8-16 px:
   28 px, 8 px at 224 px) but no more than a tenth of the unit's receptive field (measured by the
   gradient's reach) and a scale change of a few percent, redrawn every step for every image.
 * Penalties, per image: total variation (summed squared differences of neighbouring pixels) and L2
-  (summed squared distance from mid-grey, 0.5), both measured in [0, 1] pixel units. The objective is divided by
-  the spread of the layer's output on the starting images, so the penalty weights mean the same on any
-  layer of any network.
+  (summed squared distance from mid-grey, 0.5), both in [0, 1] pixel units. The objective is divided by
+  the spread of the layer's output on start images, so the penalty weights mean the same on any layer of
+  any network.
+* Silent units: a ReLU-like layer is optimised on its input, and for the first steps every ``nn.ReLU``
+  also passes the gradient that would make a silent unit fire (Lucid's "redirected ReLU").
 
-Everything random comes from one ``torch.Generator`` seeded with ``seed``: the same seed, the same images.
+Everything random comes from generators seeded with ``seed`` (each image's start from its own): the same
+seed gives the same images, whichever other channels are optimised with them.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from cnnviz_cli.patches import TopK
+    from cnnviz_cli.progress import BatchCallback
 
 __all__ = [
     "PARAMETERISATIONS",
@@ -52,7 +56,6 @@ __all__ = [
 ]
 
 PARAMETERISATIONS = ("auto", "pixel", "fourier")
-StepCallback = Callable[[int, int], None]  # (done, total): steps, or batches of images
 
 
 @dataclass(frozen=True)
@@ -416,7 +419,7 @@ def maximize(
     std: Sequence[float] = (1.0,),
     config: MaximizeConfig | None = None,
     basis: torch.Tensor | None = None,
-    on_step: StepCallback | None = None,
+    on_step: BatchCallback | None = None,
 ) -> Maximized:
     """Optimise one input per channel of ``layer`` (per class of the logits when ``layer`` is None).
 
@@ -523,7 +526,7 @@ def dataset_top(
     mean: Sequence[float] = (0.0,),
     std: Sequence[float] = (1.0,),
     batch_size: int = 512,
-    on_batch: StepCallback | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> TopK:
     """The ``k`` real images on which each channel (at its strongest position) or class score is highest.
 
