@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnnviz_cli.errors import StoreWriteError, UsageError
+from cnnviz_cli.store.runs import unwritable_ancestor
 
 if TYPE_CHECKING:
     from cnnviz_cli.views.export import RunContents
@@ -66,8 +67,25 @@ def _reason(exc: BaseException) -> str:
     return line if len(line) <= 200 else line[:200] + "..."
 
 
+def _check_sqlite_file(uri: str) -> None:
+    """Refuse a SQLite database MLflow could not create or open (it would retry for over a minute)."""
+    prefix = "sqlite:///"
+    path = uri[len(prefix):].split("?")[0] if uri.startswith(prefix) else ""
+    if not path or path == ":memory:":
+        return
+    database = Path(path).expanduser()
+    if database.is_dir():
+        raise StoreWriteError(f"The MLflow database {database} is a folder.", "Name a file, e.g. sqlite:///mlflow.db.")
+    existing = unwritable_ancestor(database.parent)
+    if existing is not None:
+        raise StoreWriteError(
+            f"The MLflow database {database} cannot be created ({existing} is not a writable folder).",
+            "Pass a tracking URI you can write, e.g. sqlite:///mlflow.db.",
+        )
+
+
 class MlflowTarget:
-    """One tracking URI and experiment; :meth:`export` sends one run there."""
+    """One tracking URI and experiment; :meth:`send` sends one run there."""
 
     def __init__(self, uri: str, experiment: str | None = None):
         try:
@@ -79,10 +97,12 @@ class MlflowTarget:
         for name, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
         # The SQL store announces its table creation on INFO; cnnviz reports what happened itself.
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # Its retry warnings too: an error is reported once, as a clean message.
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         experiment = experiment or DEFAULT_EXPERIMENT
         self.uri = self.location = uri
+        _check_sqlite_file(uri)
         self._errors = (MlflowException, OSError, ImportError, ValueError)
         with self._reporting("open"):
             self.client = MlflowClient(tracking_uri=uri)

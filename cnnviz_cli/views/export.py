@@ -42,6 +42,9 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         check_tracker(self.tracker)
+        if not self.target.strip():
+            what = "a folder" if self.tracker == "tensorboard" else "a tracking URI such as sqlite:///mlflow.db"
+            raise UsageError(f"--to {self.tracker} needs {what}.")
         if self.experiment is not None and self.tracker != "mlflow":
             raise UsageError("--experiment applies to --to mlflow only.")
         if self.experiment is not None and not self.experiment.strip():

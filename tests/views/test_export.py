@@ -253,13 +253,17 @@ def test_human_output_names_each_run_and_where_it_went(pictured_store, tmp_path)
         (["--to", "tensorboard", "{file}"], 5, ["cannot be written"]),
         (["--to", "mlflow", "nosuchscheme://x"], 2, ["not an MLflow tracking URI"]),
         (["--to", "tensorboard"], 2, ["--to"]),
+        (["--to", "mlflow", " "], 2, ["needs a tracking URI"]),
+        (["--to", "mlflow", "sqlite:///{tmp}"], 5, ["is a folder"]),
+        (["--to", "mlflow", "sqlite:///{file}/mlflow.db"], 5, ["cannot be created"]),
     ],
 )
 def test_mistakes_are_one_clean_message_and_leave_the_store_alone(pictured_store, tmp_path, args, code, needles):
     store, _, _ = pictured_store
     (tmp_path / "a-file").write_text("")
     before = tree_digest(store)
-    result = cli("export", "--artifacts", store, *[a.replace("{file}", str(tmp_path / "a-file")) for a in args])
+    args = [a.replace("{file}", str(tmp_path / "a-file")).replace("{tmp}", str(tmp_path)) for a in args]
+    result = cli("export", "--artifacts", store, *args)
     assert_clean_error(result, code, *needles)
     assert tree_digest(store) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
