@@ -75,7 +75,8 @@ class CnnvizGroup(TyperGroup):
             console.error(f"{exc.format_message()} (see '{where} --help')")
             ctx.exit(EXIT_USAGE)
         except KeyboardInterrupt:
-            console.error("interrupted.")
+            if worker_error("interrupted.", 130):
+                console.error("interrupted.")
             ctx.exit(130)
 
 

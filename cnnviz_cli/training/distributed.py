@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from cnnviz_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, CnnvizError, UsageError
+from cnnviz_cli.errors import EXIT_BUG, EXIT_INTERRUPTED, CnnvizError, Interrupted, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -151,6 +152,29 @@ def launch(nproc: int, args: list[str]) -> int:
     which worker was killed. SIGINT/SIGTERM reach the launcher, which passes them on to every worker:
     they stop at the next batch and rank 0 marks the run interrupted (exit code 130).
     """
+    with _sigterm_before_workers():
+        return _launch(nproc, args)
+
+
+@contextlib.contextmanager
+def _sigterm_before_workers() -> Iterator[None]:
+    """SIGTERM while torch loads and the rendezvous opens: stop cleanly (the launcher's own handlers,
+    installed when the workers start, then pass signals on to them)."""
+    def stop(_signum, _frame):
+        raise Interrupted("Stopped before the workers started; nothing was stored.")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _launch(nproc: int, args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
