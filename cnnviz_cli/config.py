@@ -63,6 +63,12 @@ def check_tracker(tracker: str) -> str:
     return check_choice(tracker, TRACKERS, "--to")
 
 
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise UsageError(f"Unknown split '{split}'.", f"Choose one of: {', '.join(SPLITS)}.")
+    return split
+
+
 def check_held_out_split(split: str) -> str:
     if split not in HELD_OUT_SPLITS:
         raise UsageError(

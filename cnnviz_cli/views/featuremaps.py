@@ -1,0 +1,233 @@
+"""The featuremaps view: one image through a run's model (``compute``), its feature maps drawn into the run (``write``).
+
+Capturing the activations and choosing channels is ``cnnviz_cli.featuremaps``; the picture is found and
+prepared by ``data.pictures``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cnnviz_cli.config import MODEL_FILE, check_split, check_top
+from cnnviz_cli.featuremaps import parse_stages
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnviz_cli.data.pictures import InputImage
+    from cnnviz_cli.featuremaps import FeatureMaps
+    from cnnviz_cli.store.checkpoint import Checkpoint
+    from cnnviz_cli.store.runs import Run
+
+SECTION = "featuremaps"
+TENSOR_LAYOUT = "'<layer>.<stage>': (channels, height, width); input: (1, H, W); logits, probabilities: (classes,)"
+
+
+@dataclass(frozen=True)
+class FeaturemapsOptions:
+    """Which image and which maps; checked when built, so a mistake is reported before the store is opened."""
+
+    image: str  # an index into the split, or a picture's path
+    split: str = "test"
+    layers: tuple[str, ...] | None = None  # None: every conv layer
+    stages: tuple[str, ...] = ("relu",)  # conv, relu, pool, or all
+    top: int | None = None  # draw only the K most active channels
+    invert: bool | None = None
+    preprocess: str | None = None
+    data_dir: Path | None = None
+    offline: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(parse_stages(list(self.stages))))
+        if self.top is not None:
+            check_top(self.top)
+        check_split(self.split)
+
+
+@dataclass(frozen=True)
+class FeaturemapsResult:
+    run_id: str
+    run_dir: Path
+    options: FeaturemapsOptions
+    checkpoint: Checkpoint
+    picture: InputImage
+    layers: list[str]
+    maps: FeatureMaps
+    drawn: dict[str, torch.Tensor]  # '<layer>.<stage>' -> (C, H, W), the maps to draw
+    chosen: dict[str, list[int]]  # '<layer>.<stage>' -> the channels drawn
+
+    @property
+    def section(self) -> str:
+        from cnnviz_cli.featuremaps import image_slug
+
+        return f"{SECTION}/{image_slug(self.picture)}"
+
+    @property
+    def predicted(self) -> str:
+        return self.checkpoint.classes[self.maps.prediction]
+
+    @property
+    def truth(self) -> str | None:
+        return self.checkpoint.classes[self.picture.label] if self.picture.label is not None else None
+
+    @property
+    def answer(self) -> str:
+        """'predicted 7 (98.0%) (correct)'."""
+        if self.truth is None:
+            verdict = ""
+        else:
+            verdict = " (correct)" if self.picture.label == self.maps.prediction else f" (true label: {self.truth})"
+        return f"predicted {self.predicted} ({self.maps.probability:.1%}){verdict}"
+
+    @property
+    def described(self) -> str:
+        return self.picture.description + (" (inverted)" if self.picture.provenance.get("inverted") else "")
+
+    @property
+    def prediction(self) -> dict:
+        return {"index": self.maps.prediction, "class": self.predicted, "probability": self.maps.probability}
+
+    def relpaths(self) -> dict[str, list[str]]:
+        """The files ``write`` makes: images (input.png for a picture, one per map, overview.png) and tensors."""
+        section = self.section
+        images = [f"{section}/input.png"] if self.picture.provenance["kind"] == "file" else []
+        images += [f"{section}/{key.replace('.', '-')}.png" for key in self.drawn]
+        return {"images": [*images, f"{section}/overview.png"], "tensors": [f"{section}/activations.safetensors"]}
+
+    def record(self) -> dict:
+        """The manifest entry (also in each PNG's metadata, with the map drawn)."""
+        return {
+            "command": "featuremaps",
+            "image": self.options.image,
+            "input": self.picture.provenance,
+            "layers": self.layers,
+            "stages": list(self.options.stages),
+            "top": self.options.top,
+            "checkpoint": MODEL_FILE,
+            "checkpoint_sha256": self.checkpoint.sha256,
+            "epoch": self.checkpoint.epoch,
+            "prediction": self.prediction,
+        }
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        maps = self.maps
+        return {**maps.activations, "input": self.picture.tensor[0], "logits": maps.logits,
+                "probabilities": maps.probabilities}
+
+    def tensor_metadata(self) -> dict[str, str]:
+        return {
+            "format": "cnnviz-featuremaps/1",
+            "run_id": self.run_id,
+            "checkpoint_sha256": self.checkpoint.sha256,
+            "input": json.dumps(self.picture.provenance, sort_keys=True),
+            "classes": json.dumps(list(self.checkpoint.classes)),
+            "prediction": str(self.maps.prediction),
+            "layout": TENSOR_LAYOUT,
+        }
+
+    def to_json(self) -> dict:
+        picture = self.picture
+        relpaths = self.relpaths()
+        return {
+            "run_id": self.run_id,
+            "section": self.section,
+            "images": [str(self.run_dir / rel) for rel in relpaths["images"]],
+            "tensors": [str(self.run_dir / rel) for rel in relpaths["tensors"]],
+            "tensor_keys": [*self.maps.activations, "input", "logits", "probabilities"],
+            "prediction": self.prediction,
+            "probabilities": [float(p) for p in self.maps.probabilities],
+            "classes": list(self.checkpoint.classes),
+            "input": {
+                "description": picture.description,
+                "label": picture.label,
+                "label_name": self.truth,
+                "provenance": picture.provenance,
+                "notes": picture.notes,
+            },
+            "layers": self.layers,
+            "stages": list(self.options.stages),
+            "top": self.options.top,
+            "channels": self.chosen,
+            "checkpoint_sha256": self.checkpoint.sha256,
+        }
+
+
+def compute(run: Run, options: FeaturemapsOptions) -> FeaturemapsResult:
+    """Prepare the image, run it through the model and keep every stage of the chosen layers."""
+    from cnnviz_cli.data.pictures import resolve_image
+    from cnnviz_cli.featuremaps import capture_featuremaps, top_channels
+    from cnnviz_cli.models.probe import STAGES, check_layers
+    from cnnviz_cli.store.checkpoint import load_run_model
+
+    model, checkpoint = load_run_model(run, "cpu")
+    layers = check_layers(model, options.layers)
+    picture = resolve_image(
+        options.image,
+        run.manifest(),
+        split=options.split,
+        data_dir=options.data_dir,
+        offline=options.offline,
+        invert=options.invert,
+        preprocess=options.preprocess,
+        size=checkpoint.model_config.image_size,
+    )
+    maps = capture_featuremaps(model, picture.tensor, layers, STAGES)
+    drawn = {f"{name}.{s}": maps.activations[f"{name}.{s}"] for name in layers for s in options.stages}
+    chosen = {key: top_channels(activation, options.top) for key, activation in drawn.items()}
+    return FeaturemapsResult(run.id, run.dir, options, checkpoint, picture, layers, maps, drawn, chosen)
+
+
+def _map_title(key: str, activation: torch.Tensor, channels: list[int]) -> str:
+    from cnnviz_cli.featuremaps import STAGE_TITLES
+
+    name, stage = key.split(".")
+    c, h, w = activation.shape
+    if len(channels) == c:
+        which = f"{c} channels of {h}×{w}"
+    else:
+        which = f"the {len(channels)} most active of {c} channels (by mean activation), {h}×{w}"
+    return f"{name} {STAGE_TITLES[stage]}: {which}"
+
+
+def write(run: Run, result: FeaturemapsResult) -> list[Path]:
+    """input.png (for a picture), <layer>-<stage>.png, overview.png and activations.safetensors, all or nothing."""
+    from cnnviz_cli.data.pictures import save_input
+    from cnnviz_cli.featuremaps import STAGE_TITLES
+    from cnnviz_cli.plots.common import png_bytes
+    from cnnviz_cli.plots.featuremaps import featuremap_figure, overview_figure
+    from cnnviz_cli.store.checkpoint import save_tensors
+
+    record = result.record()
+    section = result.section
+    picture = result.picture
+    subtitle = f"{result.described} · {result.answer}"
+    paths = []
+    with run.outputs(section, record=record) as staging:
+        if picture.provenance["kind"] == "file":
+            relpath = f"{section}/input.png"
+            save_input(picture, staging.path(relpath, kind="image"))
+            paths.append(staging.final_path(relpath))
+        for key, activation in result.drawn.items():
+            channels = result.chosen[key]
+            title = f"{_map_title(key, activation, channels)}\n{subtitle}"
+            figure = featuremap_figure(activation, channels, picture.tensor[0], stage=key.split(".")[1], title=title)
+            png = png_bytes(figure, {**record, "map": key, "channels": channels})
+            paths.append(staging.write_bytes(f"{section}/{key.replace('.', '-')}.png", png, kind="image"))
+
+        row_titles = {
+            key: f"{key.split('.')[0]} {STAGE_TITLES[key.split('.')[1]]}: {a.shape[0]} channels of "
+            f"{a.shape[1]}×{a.shape[2]}"
+            for key, a in result.drawn.items()
+        }
+        title = f"Feature maps of run {run.id}\n{subtitle}"
+        overview = overview_figure(result.drawn, picture.tensor[0], title=title, row_titles=row_titles)
+        png = png_bytes(overview, {**record, "maps": list(result.drawn)})
+        paths.append(staging.write_bytes(f"{section}/overview.png", png, kind="image"))
+
+        relpath = f"{section}/activations.safetensors"
+        save_tensors(staging.path(relpath, kind="tensors"), result.tensors(), metadata=result.tensor_metadata())
+        paths.append(staging.final_path(relpath))
+    return paths
