@@ -69,9 +69,10 @@ def reset_console() -> None:
     set_json_mode(False)
 
 
-def result(*items: RenderableType) -> None:
+def result(*items: RenderableType, quiet: bool = False) -> None:
     """Print a command's result: strings as unwrapped lines (Rich markup allowed), tables whole."""
-    _print(result_console(), items)
+    if not quiet:
+        _print(result_console(), items)
 
 
 def _print(target: Console, items: Sequence[RenderableType]) -> None:

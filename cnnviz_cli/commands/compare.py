@@ -55,7 +55,7 @@ def main(
     if not quiet:
         _print(comparison, gate)
         for name, path in written.items():
-            console.info(f"{name}: {path}")
+            console.result(f"{name}: {path}")
     if json_out:
         console.emit_json(
             {
@@ -139,22 +139,21 @@ def _print(comparison, gate) -> None:
     from cnnviz_cli import console
     from cnnviz_cli.console import fmt_pct
 
-    out = console.console()
     a, b = comparison.run_a.id, comparison.run_b.id
     if comparison.options:
-        out.print(console.table(
+        console.result(console.table(
             f"Options that differ ({comparison.equal_options} others are equal)",
             ["option", f"A {a}", f"B {b}"],
             [(row["option"], _plain(row["a"]), _plain(row["b"])) for row in comparison.options],
         ))
     else:
-        console.info(f"All {comparison.equal_options} recorded options are equal.")
+        console.result(f"All {comparison.equal_options} recorded options are equal.")
     ra, rb = comparison.result_a, comparison.result_b
 
     def signed_pct(value: float) -> str:
         return f"{value * 100:+.2f} pt"
 
-    out.print(console.table(
+    console.result(console.table(
         f"Final metrics on {comparison.dataset} {comparison.split} ({ra.n:,} images, the same for both)",
         ["metric", ("A", "right"), ("B", "right"), ("B − A", "right")],
         [
@@ -163,20 +162,20 @@ def _print(comparison, gate) -> None:
             ("macro F1", f"{ra.macro['f1']:.4f}", f"{rb.macro['f1']:.4f}", f"{rb.macro['f1'] - ra.macro['f1']:+.4f}"),
         ],
     ))
-    out.print(console.table(
+    console.result(console.table(
         "Per-class accuracy",
         ["class", ("images", "right"), ("A", "right"), ("B", "right"), ("B − A", "right")],
         [(row["name"], row["support"], fmt_pct(row["a"]), fmt_pct(row["b"]), signed_pct(row["difference"]))
          for row in comparison.per_class],
     ))
     classes = comparison.result_a.classes
-    out.print(console.table(
+    console.result(console.table(
         "Confusion matrix B − A (rows: true class, columns: predicted class number)",
         ["true \\ pred"] + [(str(k), "right") for k in range(len(classes))],
         [[f"{t} {name}"] + [f"{v:+d}" if v else "0" for v in row]
          for t, (name, row) in enumerate(zip(classes, comparison.confusion_difference, strict=True))],
     ))
-    out.print(console.table(
+    console.result(console.table(
         "Filters matched one-to-one by cosine similarity",
         ["layer", "shape", ("matched mean cos", "right"), ("min", "right"), ("same-index mean", "right"),
          ("chance level", "right"), "note"],
@@ -194,13 +193,13 @@ def _print(comparison, gate) -> None:
         cells = [f"A{i}→B{first.pairs[i]} {first.similarity[i]:.2f}" for i in order]
         rows = [cells[k : k + per_row] + [""] * (per_row - len(cells[k : k + per_row]))
                 for k in range(0, len(cells), per_row)]
-        out.print(console.table(f"{first.layer} pairs (best first)", [""] * per_row, rows))
-        console.info(
+        console.result(console.table(f"{first.layer} pairs (best first)", [""] * per_row, rows))
+        console.result(
             "chance level: the mean matched similarity of run A's filters with random filters of the same shape; "
             "matched similarities near it mean the runs learned unrelated filters."
         )
     if gate is not None and gate["passed"]:
-        console.info(
+        console.result(
             f"Gate passed: B is {gate['drop'] * 100:.2f} points below A (allowed {gate['fail_below'] * 100:.2f})."
             if gate["drop"] > 0 else "Gate passed: B is not below A."
         )

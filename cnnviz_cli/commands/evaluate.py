@@ -80,11 +80,10 @@ def main(
     elapsed = time.perf_counter() - started
 
     if not quiet:
-        out = console.console()
-        out.print(_overall_table(result, elapsed))
-        out.print(_per_class_table(result.metrics))
-        out.print(_confusion_table(result.metrics))
-        out.print(f"Wrote {paths[0].parent}/ ({', '.join(p.name for p in paths)})")
+        console.result(_overall_table(result, elapsed))
+        console.result(_per_class_table(result.metrics))
+        console.result(_confusion_table(result.metrics))
+        console.result(f"Wrote {paths[0].parent}/ ({', '.join(p.name for p in paths)})")
     if json_out:
         console.emit_json(result.to_json(elapsed))
 

@@ -101,7 +101,7 @@ def main(
     if not quiet:
         _print_tables(evolution)
         for name, path in written.items():
-            console.info(f"{name}: {path}")
+            console.result(f"{name}: {path}")
     if json_out:
         document = {
             **evolution.to_dict(),
@@ -261,8 +261,8 @@ def _print_tables(evolution) -> None:
         )
         for row in summary
     ]
-    out = console.console()
-    out.print(
+    out = console.result_console()
+    console.result(
         console.table(
             f"{evolution.layer} of run {evolution.run_id}: change per epoch (averaged over {evolution.filters} filters)",
             [("epoch", "right"), ("mean L2 change", "right"), ("max L2 change", "right"),
@@ -286,5 +286,5 @@ def _print_tables(evolution) -> None:
             cells.append(f"{num(change):>5} {evolution.cosine_to_final[i][k]:.2f}")
         rows.append(cells)
     note = "" if len(shown) == len(epochs) else f" (epochs {', '.join(str(epochs[k]) for k in shown)}; all in the JSON)"
-    out.print(console.table(f"Per filter: L2 change from the previous epoch (ΔL2), cosine similarity to the final filter (cos){note}",
+    console.result(console.table(f"Per filter: L2 change from the previous epoch (ΔL2), cosine similarity to the final filter (cos){note}",
                             columns, rows))

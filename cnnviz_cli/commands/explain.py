@@ -171,7 +171,7 @@ def main(
     shown = [png, str(staging.final_path(input_rel))] if input_rel else [png]
 
     if not quiet:
-        console.info(
+        console.result(
             f"{picture.description}: predicted [bold]{classes[pred]}[/] ({console.fmt_pct(float(result.probabilities[pred]))}); "
             f"explaining [bold]{classes[tgt]}[/] ({console.fmt_pct(float(result.probabilities[tgt]))})"
         )
@@ -179,8 +179,7 @@ def main(
         if ig is not None:
             console.info(f"integrated gradients: completeness error {ig['convergence_delta']:+.2e} "
                          f"(sum of attributions {ig['sum']:.4f})")
-        console.console().print(f"figure: {png}", soft_wrap=True)
-        console.console().print(f"attributions: {tensors}", soft_wrap=True)
+        console.result(f"figure: {png}", f"attributions: {tensors}")
     if json_out:
         console.emit_json(
             {

@@ -74,8 +74,8 @@ def main(
             else:
                 console.info(f"input: {note}", quiet)
         paths = featuremaps.write(run, result)
-    console.info(f"{result.described}: {result.answer}", quiet)
+    console.result(f"{result.described}: {result.answer}", quiet=quiet)
     images = sum(path.suffix == ".png" for path in paths)
-    console.info(f"Wrote {images} images and the activations to {run.dir / result.section}", quiet)
+    console.result(f"Wrote {images} images and the activations to {run.dir / result.section}", quiet=quiet)
     if json_out:
         console.emit_json(result.to_json())

@@ -56,7 +56,7 @@ def main(
             for f in result.layers
         ]
         columns = ["layer", "weight shape", ("filters drawn", "right"), "image"]
-        console.console().print(console.table(f"Filters of run {run.id} ({normalize} scale)", columns, rows))
-        console.info(f"Wrote {len(rows)} image{'s' * (len(rows) != 1)} to {run.dir / filters.SECTION}")
+        console.result(console.table(f"Filters of run {run.id} ({normalize} scale)", columns, rows))
+        console.result(f"Wrote {len(rows)} image{'s' * (len(rows) != 1)} to {run.dir / filters.SECTION}")
     if json_out:
         console.emit_json(result.to_json())

@@ -61,10 +61,10 @@ def main(
         paths = maximize.write(run, result)
     document = result.to_json()
     if not quiet:
-        console.info(f"{result.exceeded()} of {document['count']} optimised images excite their {document['target']} "
+        console.result(f"{result.exceeded()} of {document['count']} optimised images excite their {document['target']} "
                      f"more than any of the {result.searched} {result.split} images ({result.seconds:.1f} s).")
         for path in paths:
-            console.console().print(str(path), soft_wrap=True)
+            console.result(str(path))
     if json_out:
         console.emit_json(document)
 

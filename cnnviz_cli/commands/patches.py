@@ -55,15 +55,15 @@ def main(
             console.warn(warning)
         paths = patches.write(run, result)
     if not quiet:
-        console.console().print(_fields_table(result))
-        console.info(
+        console.result(_fields_table(result))
+        console.result(
             "start: centre of the first unit's field in input pixels (pixel i is centred at i); fields at the border "
             "reach into the zero padding."
         )
         console.info(f"Searched {result.images} images in {result.seconds:.1f} s.")
         for layer, path in zip(result.layers, paths, strict=False):
-            console.console().print(f"{layer.layer}: {path}", soft_wrap=True)
-        console.console().print(f"data: {paths[-1]}", soft_wrap=True)
+            console.result(f"{layer.layer}: {path}")
+        console.result(f"data: {paths[-1]}")
     if json_out:
         console.emit_json(result.to_json())
 

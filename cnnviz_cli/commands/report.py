@@ -57,13 +57,12 @@ def main(
     for warning in report.warnings:
         console.warn(warning)
     if not quiet:
-        out = console.console()
-        out.print(console.table(
+        console.result(console.table(
             f"Report of run {the_run.id}",
             ["section", "status"],
             [(s.title, s.status + (f" (run `{s.missing}`)" if s.missing else "")) for s in report.sections],
         ))
-        console.info(f"report: {path} ({len(html.encode('utf-8')) / 1e6:.1f} MB)")
+        console.result(f"report: {path} ({len(html.encode('utf-8')) / 1e6:.1f} MB)")
     if open_browser:
         import webbrowser
 
