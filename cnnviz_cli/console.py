@@ -116,16 +116,36 @@ def _print_table(target: Console, table: Table) -> None:
                          soft_wrap=True)
         width = target.width if target.is_terminal else UNWRAPPED
         minimum = table.__rich_measure__(target, target.options.update_width(UNWRAPPED)).minimum
-        if minimum > width:  # Rich would crush some column to nothing: draw wider and let the terminal fold
-            width = minimum
-        sized = Console(file=target.file, width=width, color_system=target.color_system,
-                        force_terminal=target.is_terminal, no_color=target.no_color, highlight=False)
-        sized.print(table, crop=False)
+        if minimum > width:  # Rich would have to cut values: one block per row instead
+            _print_stacked(target, table)
+        else:
+            sized = Console(file=target.file, width=width, color_system=target.color_system,
+                            force_terminal=target.is_terminal, no_color=target.no_color, highlight=False)
+            sized.print(table, crop=False)
         if caption:
             target.print(Text.from_markup(caption, style="table.caption") if isinstance(caption, str) else caption,
                          soft_wrap=True)
     finally:
         table.title, table.caption = title, caption
+
+
+def _as_text(cell: RenderableType) -> Text:
+    if isinstance(cell, Text):
+        return cell
+    return Text.from_markup(cell) if isinstance(cell, str) else Text(str(cell))
+
+
+def _print_stacked(target: Console, table: Table) -> None:
+    """A table too wide for the terminal, one row after another as aligned "column  value" lines."""
+    headers = [" ".join(_as_text(column.header).plain.split()) for column in table.columns]
+    label_width = max(len(header) for header in headers)
+    columns = [list(column.cells) for column in table.columns]
+    for row in range(table.row_count):
+        if row:
+            target.print()
+        for header, cells in zip(headers, columns, strict=True):
+            target.print(Text(header.ljust(label_width) + "  ", style="bold") + _as_text(cells[row]),
+                         soft_wrap=True)
 
 
 def debug_enabled() -> bool:

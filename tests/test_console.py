@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -80,8 +81,11 @@ def test_a_narrow_terminal_folds_text_but_keeps_every_value_whole(capsys, fresh_
         assert value in words, (value, out)
     row = next(line for line in out.splitlines() if "20261125-170746" in line)
     if columns == 60:  # the table fits: only the prose column folds
-        assert max(len(line) for line in out.splitlines() if "│" in line or "─" in line or "2026" in line) <= 60
+        assert max(len(line) for line in out.splitlines() if "─" in line or "2026" in line) <= 60
         assert "a note that is long enough" not in row
+    else:  # the ids alone are wider than the terminal: one block of "column  value" lines per row
+        assert row == "run      20261125-170746"
+        assert "status   interrupted" in out.splitlines()
 
 
 def test_runs_writes_its_table_to_stdout_when_redirected(store_copy):
@@ -100,3 +104,48 @@ def test_runs_json_is_one_document_and_nothing_else(store_copy):
     result = cli("runs", "--artifacts", store, "--json")
     assert json.loads(result.stdout)["runs"][0]["run_id"] == run_id
     assert result.stderr == ""
+
+
+STORE_PATH_END = r"[^\s),;]*"
+
+
+def _paths_in(text: str, store) -> list[str]:
+    """Every path into the store that the text mentions (up to a space or closing punctuation)."""
+    return [p.rstrip(".:") for p in re.findall(re.escape(str(store)) + STORE_PATH_END, text)]
+
+
+@pytest.mark.slow
+def test_no_command_splits_a_written_path_across_lines(store_copy, tiny_data, tmp_path, monkeypatch):
+    """Every command run by hand, not on a terminal, 60 columns: each path it prints exists as printed."""
+    monkeypatch.setenv("COLUMNS", "60")
+    store, first = store_copy
+    picture = tmp_path / "a picture with a long name, so that lines get long.png"
+    from PIL import Image
+
+    digit = Image.new("L", (28, 28), 0)
+    digit.paste(255, (12, 4, 16, 24))  # a bright stroke: a "1"
+    digit.save(picture)
+    data = ("--data-dir", tiny_data)
+    commands = {
+        "train": ("train", *data, "--epochs", "1", "--limit", "100", "--name", "second"),
+        "evaluate": ("evaluate", "--run", first, *data),
+        "filters": ("filters", "--run", first),
+        "featuremaps": ("featuremaps", "--run", first, "--image", picture),
+        "patches": ("patches", "--run", first, *data, "--limit", "40", "--top", "2"),
+        "explain": ("explain", "--run", first, *data, "--image", "0", "--method", "saliency"),
+        "evolution": ("evolution", "--run", first, "--layer", "conv1"),
+        "compare": ("compare", first, "second", *data),
+        "report": ("report", "--run", first, *data),
+        "maximize": ("maximize", "--run", first, "--class", "1", "--steps", "4", *data),
+        "runs": ("runs",),
+    }
+    for name, args in commands.items():
+        result = cli(*args, "--artifacts", store, COLUMNS="60")
+        assert result.exit_code == 0, (name, result.stderr)
+        printed = result.stdout + result.stderr
+        paths = _paths_in(printed, store)
+        assert paths, (name, printed)
+        for path in paths:
+            assert os.path.exists(path), (name, path, printed)
+        assert "…" not in printed, (name, printed)
+        assert _paths_in(result.stdout, store), (name, "the written files are part of the result on stdout")

@@ -113,13 +113,14 @@ def test_evaluate_matches_an_independent_loop_and_is_reproducible(store_copy, ti
     assert small_doc["loss"] == pytest.approx(doc["loss"], rel=1e-6)
 
 
-def test_tables_go_to_stderr_and_stdout_stays_empty(store_copy, tiny_data):
+def test_tables_are_the_result_on_stdout(store_copy, tiny_data):
     store, run_id = store_copy
     result = cli("evaluate", "--artifacts", store, "--data-dir", tiny_data)
     assert result.exit_code == 0, result.stderr
-    assert result.stdout == ""
     for needle in ("Overall", "accuracy", "Per class", "precision", "recall", "F1", "Confusion matrix", "support"):
-        assert needle in result.stderr, needle
+        assert needle in result.stdout, needle
+    assert f"Wrote {store / run_id / 'evaluation'}/ (metrics.json," in result.stdout
+    assert "Overall" not in result.stderr
     quiet = cli("evaluate", "--artifacts", store, "--data-dir", tiny_data, "--quiet")
     assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == ""
 
