@@ -39,7 +39,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 
 SCHEMA = "cnnviz-bench/1"
 THREADS_ENV = "CNNVIZ_THREADS"  # = cnnviz_cli.training.device.THREADS_ENV (not imported here: that module imports torch)
-SECTIONS = ("startup", "loop", "command", "eval", "render", "maximize", "distributed")
+SECTIONS = ("startup", "loop", "command", "eval", "render", "maximize", "distributed", "predict")
 BATCH_SIZE = 256  # the tutorial's
 LR = 1e-3
 VAL_FRACTION = 0.2
@@ -51,7 +51,9 @@ TARGETS = {
     "featuremaps": 1.4,  # x the import floor
     "filters512": 5.0,  # seconds
     "maximize": 10.0,  # seconds: cnnviz maximize --layer conv2 (32 channels, 256 steps), whole command
+    "predict": 1000.0,  # pictures per second after start-up: cnnviz predict on PREDICT_PICTURES files
 }
+PREDICT_PICTURES = 1000
 MAXIMIZE_STEPS = 256
 # The textbook loop optimises channels one after another, each exactly like the others: it runs this
 # many of them and its time is scaled to all of conv2's channels (a full run takes minutes).
@@ -231,7 +233,7 @@ def fmt_value(value: float | None, unit: str) -> str:
         return "-"
     if unit == "s":
         return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.0f}"
-    if unit in ("img/s", "MB"):
+    if unit in ("img/s", "pictures/s", "MB"):
         return f"{value:,.0f}"
     if unit == "%":
         return f"{value:.2%}"
@@ -249,6 +251,7 @@ class Child:
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float | None = None  # user + system time of the process and the children it waited for
 
     def json(self) -> dict:
         """The JSON document on stdout (cnnviz --json), or the last line that is one (workers)."""
@@ -267,20 +270,21 @@ def run_child(cmd: Sequence[str], env: dict[str, str], cwd: Path | None = None, 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(list(map(str, cmd)), stdout=out, stderr=err, env=env, cwd=cwd)
-        rss = None
+        rss = cpu = None
         if hasattr(os, "wait4"):
             _, status, usage = os.wait4(proc.pid, 0)
             seconds = time.perf_counter() - started
             proc.returncode = os.waitstatus_to_exitcode(status)
             # ru_maxrss is in KiB on Linux, bytes on macOS
             rss = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+            cpu = usage.ru_utime + usage.ru_stime
         else:  # pragma: no cover - Windows
             proc.wait()
             seconds = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
         child = Child(seconds, rss, proc.returncode, out.read().decode(errors="replace"),
-                      err.read().decode(errors="replace"))
+                      err.read().decode(errors="replace"), cpu)
     if check and child.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} exited with {child.returncode}:\n{child.stderr[-3000:]}")
     return child
@@ -731,9 +735,62 @@ def work_dist_step(spec: dict) -> dict | None:
         }
 
 
+def write_picture_files(dataset: str, data_dir: str | None, folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """``count`` picture files made from the test split's images as people have them: 28 to 300 pixels on
+    the longer side, various aspect ratios, the item somewhere on a wider canvas, every other one dark on
+    light, every third one a JPEG."""
+    import numpy as np
+    from PIL import Image
+
+    from cnnviz_cli.data.datasets import load_raw_split
+
+    images = load_raw_split(dataset, "test", Path(data_dir) if data_dir else None, offline=True).images.numpy()
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        height = int(rng.integers(28, 301))
+        width = max(28, int(height * rng.uniform(0.7, 1.5)))
+        side = max(8, int(min(width, height) * rng.uniform(0.5, 1.0)))
+        item = np.asarray(Image.fromarray(images[i % len(images)]).resize((side, side), Image.Resampling.BILINEAR))
+        canvas = np.zeros((height, width), np.uint8)
+        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+        canvas[top : top + side, left : left + side] = item
+        if i % 2:
+            canvas = 255 - canvas
+        path = folder / f"{i:04d}.{'jpg' if i % 3 == 0 else 'png'}"
+        Image.fromarray(canvas).save(path)
+        paths.append(path)
+    return paths
+
+
+def work_predict(spec: dict) -> dict:
+    """The loop a tutorial reader writes for their own pictures: per file PIL open, gray, resize to 28×28,
+    ToTensor, one forward pass; timed from the first import to the last answer, like a whole command."""
+    started = time.perf_counter()
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    from cnnviz_cli.store.checkpoint import load_checkpoint
+
+    torch.set_num_threads(1)
+    net, _ = load_checkpoint(Path(spec["checkpoint"]), "cpu")
+    model = tutorial_model(net.state_dict()).eval()
+    to_tensor = transforms.ToTensor()
+    answers = []
+    with torch.no_grad():
+        for path in sorted(Path(spec["folder"]).iterdir()):
+            with Image.open(path) as picture:
+                x = to_tensor(picture.convert("L").resize((28, 28)))
+            answers.append(int(model(x.unsqueeze(0)).argmax()))
+    return {"seconds": time.perf_counter() - started, "pictures": len(answers)}
+
+
 WORKERS: dict[str, Callable[[dict], dict | None]] = {
     "dist_step": work_dist_step,
     "loop": work_loop, "eval": work_eval, "render": work_render, "warm": work_warm, "maximize": work_maximize,
+    "predict": work_predict,
 }
 
 
@@ -1116,6 +1173,56 @@ class Bench:
                      cnnviz=[c.seconds for c in commands], ratio_means="× the floor", ratio_inverted=True,
                      note=f"32 channels, {MAXIMIZE_STEPS} steps, the test split searched for the top patches"))
 
+    def section_predict(self) -> None:
+        opts = self.options
+        from importlib.util import find_spec
+
+        if find_spec("cnnviz_cli.commands.predict") is None:
+            self.notes.append("predict: skipped, cnnviz_cli/commands/predict.py is not in this checkout.")
+            return
+        n = PREDICT_PICTURES
+        folder = self.workspace / "pictures"
+        paths = write_picture_files(opts.dataset, str(opts.data_dir) if opts.data_dir else None, folder, n)
+        self.log(f"predict: cnnviz predict on {n} picture files of 28-300 px (and on 1 for its start-up) "
+                 f"against a per-file tutorial-style loop, {opts.repeats} pairs")
+        common = ("--artifacts", str(self.store), "--run", self.run_id, "--json", "--quiet")
+        all_cmd, one_cmd = cnnviz_cmd("predict", str(folder), *common), cnnviz_cmd("predict", str(paths[0]), *common)
+        run_child(all_cmd, self.env)  # warm-up: page cache
+        ones, alls, loops, cpu = [], [], [], []
+
+        def cnnviz_side(i: int) -> None:
+            one = run_child(one_cmd, self.env)
+            child = run_child(all_cmd, self.env)
+            assert child.json()["count"] == n
+            ones.append(one.seconds)
+            alls.append(child.seconds)
+            if one.cpu_seconds is not None and child.cpu_seconds is not None:
+                cpu.append((n - 1) / max(child.cpu_seconds - one.cpu_seconds, 1e-9))
+            self.log(f"  pair {i + 1}: cnnviz predict {alls[-1]:6.2f} s for {n}, {ones[-1]:5.2f} s for 1")
+
+        def baseline_side(i: int) -> None:
+            result, child = self.worker("predict", folder=str(folder), checkpoint=str(self.checkpoint))
+            loops.append(child.seconds)
+            self.log(f"  pair {i + 1}: tutorial-style loop {child.seconds:6.2f} s for {result['pictures']}")
+
+        self.pairs(baseline_side, cnnviz_side, opts.repeats)
+        rates = [(n - 1) / (a - o) if a > o else float("nan") for a, o in zip(alls, ones, strict=True)]
+        shares = [o / a for a, o in zip(alls, ones, strict=True)]
+        self.add(Row("predict", "predict", f"cnnviz predict, {n} picture files (whole command)", "s", "lower",
+                     baseline_label="per-file loop (resize only)", baseline=loops, cnnviz=alls,
+                     note="the loop stretches each picture to 28×28 (the reading that was right 7% of the time); "
+                          "cnnviz prepares each like the dataset's images, in one process per core"))
+        self.add(Row("predict_rate", "predict", "cnnviz predict after start-up", "pictures/s", "higher",
+                     baseline_label="-", cnnviz=rates, ratio_means="",
+                     note=f"({n} - 1) pictures / (time for {n} - time for 1); start-up (1 picture) "
+                          f"{statistics.median(ones):.2f} s = {statistics.median(shares):.0%} of the whole command",
+                     extra={"startup_s": ones, "startup_share": shares, "pictures": n}))
+        if cpu:
+            self.add(Row("predict_cpu", "predict", "cnnviz predict after start-up, per CPU-second", "pictures/s",
+                         "higher", baseline_label="-", cnnviz=cpu, ratio_means="",
+                         note="pictures per second of CPU time (user + system, workers included): what one idle "
+                              "core does, whatever the load of the machine"))
+
     # ---- the whole run
 
     def section_distributed(self) -> None:
@@ -1338,6 +1445,13 @@ def evaluate_targets(rows: Sequence[Row], checks: dict) -> list[dict]:
         value = Stat.of(maximize.cnnviz).median
         add("maximize", "cnnviz maximize --layer conv2, whole command", f"<= {TARGETS['maximize']} s",
             round(value, 3), value <= TARGETS["maximize"])
+    predict = _row(rows, "predict_rate")
+    if predict and predict.cnnviz:
+        value = Stat.of(predict.cnnviz).median
+        share = statistics.median(predict.extra["startup_share"])
+        add("predict", f"cnnviz predict on {predict.extra['pictures']} picture files, after start-up",
+            f">= {TARGETS['predict']:.0f} pictures/s", round(value), value >= TARGETS["predict"],
+            f"start-up is {share:.0%} of the whole command")
     return targets
 
 

@@ -239,7 +239,12 @@ def test_damaged_files_of_every_format_never_escape_as_anything_but_data_errors(
 
 
 @pytest.mark.parametrize(
-    "name, size, decoded", [("scan.png", (600, 300), (200, 100)), ("photo.jpg", (1000, 600), (250, 150))]
+    "name, size, decoded",
+    [
+        ("scan.png", (600, 300), (300, 150)),
+        ("photo.jpg", (1000, 600), (500, 300)),
+        ("big.jpg", (2100, 900), (263, 113)),  # JPEG decoded at 1/8
+    ],
 )
 def test_big_pictures_can_be_shrunk_while_decoding(tmp_path, name, size, decoded):
     values = np.indices(size[::-1]).sum(axis=0) % 256

@@ -175,7 +175,7 @@ def test_boxes_are_told_in_the_files_pixels_even_when_decoded_smaller(tmp_path):
     Image.fromarray(canvas).save(tmp_path / "page.png")
     prepared = prepare_file(tmp_path / "page.png")
     assert prepared.notes[:3] == (
-        "decoded at 240×160 of 1200×800 (plenty for a 28-pixel input)",
+        "decoded at 300×200 of 1200×800 (plenty for a 28-pixel input)",
         "dark on light: inverted",
         "cropped to the 200×400 ink box",
     )

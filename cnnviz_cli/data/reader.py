@@ -124,16 +124,18 @@ def _flatten_alpha(rgb: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, str]
 
 
 def _decode(image, max_side: int | None, notes: list[str]):
-    """Load the pixels, shrunk by a whole factor when ``max_side`` asks for it."""
+    """Load the pixels; a picture at least twice ``max_side`` is shrunk by the largest whole factor that keeps
+    it at least ``max_side`` long (JPEG's own reduced decoding, then averaging blocks of pixels)."""
     width, height = image.size
-    if max_side is None or max(width, height) <= max_side:
+    if max_side is None or max(width, height) < 2 * max_side:
         image.load()
         return image
     if image.format == "JPEG":
-        factor = -(-max(width, height) // max_side)
-        image.draft(image.mode, (-(-width // factor), -(-height // factor)))  # decodes at 1/2, 1/4 or 1/8
+        scale = max_side / max(width, height)
+        # Decodes at 1/2, 1/4 or 1/8 of the size, never below the size asked for.
+        image.draft(image.mode, (max(1, round(width * scale)), max(1, round(height * scale))))
     image.load()
-    factor = -(-max(image.size) // max_side)
+    factor = max(image.size) // max_side
     if factor >= 2 and image.mode not in ("P", "PA", "1"):
         try:
             image = image.reduce(factor)
@@ -198,8 +200,8 @@ def read_picture(
 
     The size is checked against ``max_pixels`` from the file's header, before the pixels are decoded.
     A picture with several frames (animated GIF, multi-page TIFF) is read from its first frame.
-    With ``max_side``, a longer picture is shrunk while decoding by the smallest whole factor that makes it
-    fit (JPEG's own reduced decoding, then averaging blocks of pixels).
+    With ``max_side``, a picture twice as long or longer is shrunk while decoding by a whole factor, to
+    between ``max_side`` and twice that (JPEG's own reduced decoding, then averaging blocks of pixels).
     """
     from PIL import Image, UnidentifiedImageError
 

@@ -31,8 +31,9 @@ RECIPES = ("mnist", "fashion-mnist")
 
 MNIST_BOX = 20
 WORKING_SIDE = 256
-"""Bigger pictures are area-averaged down to this longest side first: the result is 28 pixels wide anyway."""
+"""Pictures twice as long or longer are shrunk to between this and twice this first: the result is 28 pixels."""
 _NOISE_SIGMAS = 3.0
+COARSE_FROM = 64  # pixels on the shorter side from which the ink box is found on 2×2 blocks
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def _area_resize(values: np.ndarray, width: int, height: int, enlarge_smoothly: 
 def _working_copy(values: np.ndarray) -> np.ndarray:
     height, width = values.shape[:2]
     side = max(height, width)
-    if side <= WORKING_SIDE:
+    if side < 2 * WORKING_SIDE:  # as the reader leaves big files (read_picture's max_side)
         return values
     scale = WORKING_SIDE / side
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -177,10 +178,28 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 def _ink_box(weak: np.ndarray, strong: np.ndarray) -> tuple[int, int, int, int]:
     """The box of the marks: strong pixels and the weaker ones touching them (hysteresis, as edge finders do),
-    so that faint parts of a stroke or a garment count and stray specks of grain do not."""
+    so that faint parts of a stroke or a garment count and stray specks of grain do not.
+
+    On a big picture the connections are followed on 2×2 blocks (a quarter of the pixels, half the steps),
+    then the box is made exact again from the pixels inside it.
+    """
     if not strong.any():
         strong = weak
-    return _box(_grow(strong, weak | strong))
+    marks = weak | strong
+    if min(marks.shape) < COARSE_FROM:
+        return _box(_grow(strong, marks))
+    top, bottom, left, right = _box(_grow(_blocks(strong), _blocks(marks)))
+    window = marks[2 * top : 2 * bottom, 2 * left : 2 * right]
+    inner = _box(window)
+    return inner[0] + 2 * top, inner[1] + 2 * top, inner[2] + 2 * left, inner[3] + 2 * left
+
+
+def _blocks(mask: np.ndarray) -> np.ndarray:
+    """True for each 2×2 block of ``mask`` holding any True pixel (an odd last row or column is a block too)."""
+    height, width = mask.shape
+    padded = np.zeros((height + height % 2, width + width % 2), dtype=bool)
+    padded[:height, :width] = mask
+    return padded[0::2, 0::2] | padded[1::2, 0::2] | padded[0::2, 1::2] | padded[1::2, 1::2]
 
 
 def _centre_of_mass(values: np.ndarray) -> tuple[float, float]:
