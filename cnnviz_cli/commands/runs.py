@@ -91,39 +91,27 @@ def _delete(store, ref: str, yes: bool, json_out: bool) -> None:
 
 def _list(store, json_out: bool) -> None:
     from cnnviz_cli import console
+    from cnnviz_cli.views import runs
 
-    latest = store.latest_complete()
-    rows = []
-    for manifest in store.runs():
-        history = manifest.get("history") or []
-        best = max((row["val_accuracy"] for row in history), default=None)
-        rows.append(
-            {
-                "run_id": manifest["run_id"],
-                "name": manifest.get("name"),
-                "status": manifest.get("status"),
-                "created": manifest.get("created"),
-                "dataset": manifest.get("dataset"),
-                "epochs_done": len(history),
-                "epochs": (manifest.get("options") or {}).get("epochs"),
-                "best_val_accuracy": best,
-                "latest": latest is not None and manifest["run_id"] == latest.id,
-                "run_dir": str(store.root / manifest["run_id"]),
-            }
-        )
+    result = runs.compute(store)
     if json_out:
-        console.emit_json({"artifacts": str(store.root), "runs": rows})
-        return
-    if not rows:
+        console.emit_json(result.to_json())
+    elif not result.runs:
         console.info(f"No runs in {store.root} yet. Train one with `cnnviz train`.")
-        return
+    else:
+        console.result(_table(result))
+
+
+def _table(result):
+    from cnnviz_cli import console
+
     table = console.table(
-        f"Runs in {store.root} (times in UTC)",
+        f"Runs in {result.artifacts} (times in UTC)",
         ["  run", "name", "created", "dataset", ("epochs", "right"), ("best val", "right"), "status"],
         [],
     )
     table.pad_edge = False
-    for row in rows:
+    for row in result.runs:
         style = STATUS_STYLE.get(row["status"], "")
         status = f"[{style}]{row['status']}[/]" if style else str(row["status"])
         table.add_row(
@@ -135,6 +123,6 @@ def _list(store, json_out: bool) -> None:
             console.fmt_pct(row["best_val_accuracy"]),
             status,
         )
-    if latest is not None:
+    if result.latest is not None:
         table.caption = "* = latest complete run, used when --run is not given"
-    console.result(table)
+    return table
