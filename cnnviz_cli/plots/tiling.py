@@ -1,5 +1,7 @@
 """The one tiling: many small 2-D arrays (kernels, channel maps) laid out as one array for one imshow.
 
+``tile_grid`` lays cells out in a grid with NaN gaps; ``tile_kernels`` and ``tile_maps`` build on it.
+
 ``tile_kernels`` lays out a conv weight tensor (out, in, kh, kw) as a single 2-D array (or H×W×3 for a
 layer that reads an RGB image) with NaN separators between kernels, so that one ``imshow`` draws a
 whole layer, however many kernels it has. The layout is built with tensor reshapes, never a Python loop
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["MAX_SIDE", "FilterTiles", "TiledMaps", "grid_shape", "tile_kernels", "tile_maps"]
+__all__ = ["MAX_SIDE", "FilterTiles", "TiledMaps", "grid_shape", "tile_grid", "tile_kernels", "tile_maps"]
 
 # Longest side of a tiled array (in weight pixels): beyond it, filters or input channels are left out
 # (and counted as not shown) rather than drawn smaller than one screen pixel each.
@@ -164,38 +166,24 @@ def tile_kernels(
         scales = torch.ones(shown)
         limit = layer_max if layer_max > 0 else 1.0
 
-    nan = float("nan")
     if in_channels == 3:
         layout = "rgb-grid"
         shown_channels = 3
         rows, cols = grid_shape(shown)
         # Map [-limit, limit] to [0, 1] per colour plane; 0.5 is a zero weight.
         tiles = (0.5 + 0.5 * w / limit).clamp(0.0, 1.0).permute(0, 2, 3, 1)  # (n, kh, kw, 3)
-        tiles = _pad_cells(tiles, rows * cols, nan)
-        tiles = torch.nn.functional.pad(tiles.permute(0, 3, 1, 2), (0, separator, 0, separator), value=nan)
-        tiles = tiles.permute(0, 2, 3, 1)  # (cells, kh+s, kw+s, 3)
-        array = (
-            tiles.reshape(rows, cols, kh + separator, kw + separator, 3)
-            .permute(0, 2, 1, 3, 4)
-            .reshape(rows * (kh + separator), cols * (kw + separator), 3)
-        )
+        array = tile_grid(tiles, rows, cols, right=separator, bottom=separator)
     elif in_channels == 1:
         layout = "grid"
         shown_channels = 1
         rows, cols = grid_shape(shown)
-        tiles = _pad_cells(w[:, 0], rows * cols, nan)  # (cells, kh, kw)
-        tiles = torch.nn.functional.pad(tiles, (0, separator, 0, separator), value=nan)
-        array = (
-            tiles.reshape(rows, cols, kh + separator, kw + separator)
-            .permute(0, 2, 1, 3)
-            .reshape(rows * (kh + separator), cols * (kw + separator))
-        )
+        array = tile_grid(w[:, 0], rows, cols, right=separator, bottom=separator)
     else:
         layout = "matrix"
         shown_channels = in_channels if max_channels is None else max(1, min(in_channels, max_channels))
         rows, cols = shown, shown_channels
-        tiles = torch.nn.functional.pad(w[:, :shown_channels], (0, separator, 0, separator), value=nan)
-        array = tiles.permute(0, 2, 1, 3).reshape(rows * (kh + separator), cols * (kw + separator))
+        cells = w[:, :shown_channels].reshape(rows * cols, kh, kw)  # filter by filter, channel by channel
+        array = tile_grid(cells, rows, cols, right=separator, bottom=separator)
     if separator:
         array = array[:-separator, :-separator]
     vmin, vmax = -limit, limit
@@ -217,15 +205,21 @@ def tile_kernels(
     )
 
 
-def _pad_cells(tiles: torch.Tensor, cells: int, value: float) -> torch.Tensor:
-    """Append ``value``-filled tiles along dim 0 until there are ``cells`` of them."""
+def tile_grid(cells: torch.Tensor, rows: int, cols: int, *, right: int, bottom: int = 0, top: int = 0) -> torch.Tensor:
+    """The one tiling: ``cells`` (n, h, w) or (n, h, w, 3) laid out row by row in a ``rows``×``cols`` grid.
+
+    Each cell gets ``top`` NaN rows above it (a caption band), ``bottom`` below and ``right`` NaN columns
+    to its right; grid places beyond ``n`` are NaN. Returns (rows·(top+h+bottom), cols·(w+right)[, 3]).
+    """
     import torch
 
-    missing = cells - tiles.shape[0]
-    if missing <= 0:
-        return tiles
-    filler = torch.full((missing, *tiles.shape[1:]), value, dtype=tiles.dtype)
-    return torch.cat([tiles, filler])
+    n, h, w = (int(v) for v in cells.shape[:3])
+    extra = tuple(cells.shape[3:])
+    tall, wide = top + h + bottom, w + right
+    grid = torch.full((rows * cols, tall, wide, *extra), float("nan"), dtype=torch.float32)
+    grid[:n, top : top + h, :w] = cells
+    grid = grid.reshape(rows, cols, tall, wide, *extra).transpose(1, 2)
+    return grid.reshape(rows * tall, cols * wide, *extra)
 
 
 @dataclass(frozen=True)
@@ -242,21 +236,13 @@ def tile_maps(
     activation: torch.Tensor, channels: list[int], *, cols: int, tile_px: int, band_px: int, gap_px: int
 ) -> TiledMaps:
     """Tile ``activation[channels]`` ((C, h, w)) in ``cols`` columns; each tile about ``tile_px`` wide."""
-    import torch
-    import torch.nn.functional as F
-
     maps = activation[channels].float()
     n, h, w = (int(s) for s in maps.shape)
     factor = max(1, round(tile_px / max(h, w)))
     maps = maps.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
     th, tw = h * factor, w * factor
     rows = -(-n // cols)
-    nan = float("nan")
-    if rows * cols > n:
-        maps = torch.cat([maps, torch.full((rows * cols - n, th, tw), nan)])
-    cells = F.pad(maps, (0, gap_px, band_px, 0), value=nan)
-    image = cells.reshape(rows, cols, band_px + th, tw + gap_px).permute(0, 2, 1, 3)
-    image = image.reshape(rows * (band_px + th), cols * (tw + gap_px))
+    image = tile_grid(maps, rows, cols, right=gap_px, top=band_px)
     if gap_px:
         image = image[:, :-gap_px]
     origins = [((k % cols) * (tw + gap_px), (k // cols) * (band_px + th) + band_px) for k in range(n)]
