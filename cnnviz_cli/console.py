@@ -8,7 +8,8 @@ stdout carries the JSON document alone and the human result moves to stderr.
 Nothing a user copies is ever cut: text is never hard-wrapped (a long path stays on one line; a
 terminal folds it only on screen), tables are as wide as they need to be when the output is not a
 terminal, and on a narrow terminal they fold their text columns at spaces but keep every word (path,
-run id, status, number) whole. Colours and live bars appear only on a terminal; Rich honours
+run id, status, number) whole, close up their blank space, and if even that does not fit show each row
+as a block of "column  value" lines. Colours and live bars appear only on a terminal; Rich honours
 ``NO_COLOR`` itself.
 """
 
@@ -115,7 +116,12 @@ def _print_table(target: Console, table: Table) -> None:
             target.print(Text.from_markup(title, style="table.title") if isinstance(title, str) else title,
                          soft_wrap=True)
         width = target.width if target.is_terminal else UNWRAPPED
-        minimum = table.__rich_measure__(target, target.options.update_width(UNWRAPPED)).minimum
+        minimum = _minimum_width(target, table)
+        for compact in _COMPACTING:  # give up blank space before giving up the table layout
+            if minimum <= width:
+                break
+            compact(table)
+            minimum = _minimum_width(target, table)
         if minimum > width:  # Rich would have to cut values: one block per row instead
             _print_stacked(target, table)
         else:
@@ -127,6 +133,21 @@ def _print_table(target: Console, table: Table) -> None:
                          soft_wrap=True)
     finally:
         table.title, table.caption = title, caption
+
+
+def _minimum_width(target: Console, table: Table) -> int:
+    return table.__rich_measure__(target, target.options.update_width(UNWRAPPED)).minimum
+
+
+def _no_edges(table: Table) -> None:
+    table.pad_edge = table.show_edge = False
+
+
+def _one_space_padding(table: Table) -> None:
+    table.padding = (0, 0, 0, 1)  # two spaces between columns instead of three
+
+
+_COMPACTING = (_no_edges, _one_space_padding)
 
 
 def _as_text(cell: RenderableType) -> Text:

@@ -149,3 +149,15 @@ def test_no_command_splits_a_written_path_across_lines(store_copy, tiny_data, tm
             assert os.path.exists(path), (name, path, printed)
         assert "…" not in printed, (name, printed)
         assert _paths_in(result.stdout, store), (name, "the written files are part of the result on stdout")
+
+
+def test_a_table_just_too_wide_closes_up_its_spacing_before_going_row_by_row(capsys, fresh_console, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.delenv("NO_COLOR")
+    columns = [("#", "right"), "class", ("support", "right"), ("precision", "right"), ("recall", "right"),
+               ("F1", "right"), ("accuracy", "right")]
+    console.result(console.table(None, columns, [("0", "T-shirt/top", "1,000", "84.34%", "85.10%", "0.847", "85.10%")]))
+    lines = ANSI.sub("", capsys.readouterr().out).splitlines()
+    assert "0  T-shirt/top    1,000     84.34%  85.10%  0.847    85.10%" in lines
+    assert max(len(line) for line in lines) <= 60
