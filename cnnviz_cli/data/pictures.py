@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cnnviz_cli.data.reader import PICTURE_SUFFIXES
 from cnnviz_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -13,7 +14,6 @@ if TYPE_CHECKING:
 
     from cnnviz_cli.data.datasets import Split
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def resolve_image(
 
     preprocess = check_preprocess(preprocess or "dataset")
     path = Path(spec).expanduser()
-    if path.suffix.lower() not in IMAGE_SUFFIXES and not path.exists():
+    if path.suffix.lower() not in PICTURE_SUFFIXES and not path.exists():
         raise UsageError(
             f"--image '{spec}' is neither an image index nor an existing picture file.",
             "Pass an index such as 7, or the path of a PNG or JPEG file.",

@@ -17,8 +17,10 @@ import numpy as np
 
 from cnnviz_cli.errors import DataError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "Picture", "read_picture"]
+__all__ = ["DEFAULT_MAX_PIXELS", "PICTURE_SUFFIXES", "Picture", "read_picture"]
 
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm")
+"""The names of picture files, as folders are searched for them (a file named otherwise is still read)."""
 DEFAULT_MAX_PIXELS = 50_000_000
 """Pictures with more pixels than this are refused before decoding (a 50-megapixel photo still reads)."""
 

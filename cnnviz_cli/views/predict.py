@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from cnnviz_cli.config import check_preprocess, check_top
+from cnnviz_cli.data.reader import PICTURE_SUFFIXES
 from cnnviz_cli.errors import DataError, UsageError
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
     from cnnviz_cli.store.runs import Run
 
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm")
 BATCH_SIZE = 512
 _CHUNK = 32  # pictures per hand-over from a worker: big enough to hide the hand-over, small enough to stream
 
