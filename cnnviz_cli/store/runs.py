@@ -334,12 +334,14 @@ class Staging:
 class Store:
     """The artifact store rooted at one folder."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, chosen: bool = True):
         self.root = Path(root).expanduser().absolute()
+        self.chosen = chosen  # named by the user (--artifacts or CNNVIZ_ARTIFACTS), not the ./artifacts default
 
     @classmethod
     def from_option(cls, root: Path | str | None) -> Store:
-        return cls(root or os.environ.get("CNNVIZ_ARTIFACTS") or "artifacts")
+        given = root or os.environ.get("CNNVIZ_ARTIFACTS")
+        return cls(given or "artifacts", chosen=bool(given))
 
     def check_writable(self) -> None:
         """Refuse early, without creating anything, when the store could not be written."""
@@ -458,7 +460,8 @@ class Store:
             if run is None:
                 raise ArtifactError(
                     f"There is no complete run in {self.root}.",
-                    "Train one with `cnnviz train`, or pass --artifacts DIR.",
+                    f"Train one with `cnnviz train --artifacts {self.root}`." if self.chosen
+                    else "Train one with `cnnviz train`, or pass --artifacts DIR to use another store.",
                 )
             return run
         validate_run_id(ref)

@@ -173,8 +173,11 @@ def test_missing_data_is_a_clean_error_and_changes_nothing(store_copy, tmp_path)
 
 def test_empty_store_is_a_clean_error(tmp_path):
     result = cli("evaluate", "--artifacts", tmp_path / "nothing")
-    assert_clean_error(result, 4, "no complete run")
+    assert_clean_error(result, 4, "no complete run", f"cnnviz train --artifacts {tmp_path / 'nothing'}")
+    assert "or pass --artifacts" not in result.stderr  # it was passed
     assert not (tmp_path / "nothing").exists()
+    default = cli("evaluate", CNNVIZ_ARTIFACTS="")  # the ./artifacts default (the test's own empty folder)
+    assert_clean_error(default, 4, "no complete run", "or pass --artifacts DIR to use another store")
 
 
 def test_section_names_keep_splits_and_datasets_apart():
