@@ -216,9 +216,8 @@ def _check_indices(layer: str | None, indices: Sequence[int], shape: tuple[int, 
     bad = [i for i in indices if not 0 <= i < count]
     if bad:
         where = "the model has" if layer is None else f"layer '{layer}' has"
-        raise UsageError(
-            f"No {what} {', '.join(str(b) for b in bad)}: {where} {count} ({what} 0 to {count - 1})."
-        )
+        plural = "classes" if layer is None else "channels"
+        raise UsageError(f"No {what} {', '.join(str(b) for b in bad)}: {where} {count} {plural} (0 to {count - 1}).")
     return tuple(dict.fromkeys(int(i) for i in indices)) if indices else tuple(range(count))
 
 

@@ -250,9 +250,9 @@ def test_output_shape_of_any_layer():
     ("layer", "indices", "message"),
     [
         ("conv9", (), "Unknown layer 'conv9'. Layers of this model: conv1, relu1, pool1, conv2, relu2, pool2, fc."),
-        ("conv2", (6,), "No channel 6: layer 'conv2' has 6 (channel 0 to 5)."),
-        ("conv2", (-1, 9), "No channel -1, 9: layer 'conv2' has 6 (channel 0 to 5)."),
-        (None, (10,), "No class 10: the model has 10 (class 0 to 9)."),
+        ("conv2", (6,), "No channel 6: layer 'conv2' has 6 channels (0 to 5)."),
+        ("conv2", (-1, 9), "No channel -1, 9: layer 'conv2' has 6 channels (0 to 5)."),
+        (None, (10,), "No class 10: the model has 10 classes (0 to 9)."),
         (
             "fc",
             (),
@@ -424,10 +424,10 @@ def test_class_images_win_their_class(store_copy):
     ("args", "needle"),
     [
         (["--layer", "conv9"], "Unknown layer 'conv9'"),
-        (["--layer", "conv2", "--channel", "32"], "No channel 32: layer 'conv2' has 32 (channel 0 to 31)."),
+        (["--layer", "conv2", "--channel", "32"], "No channel 32: layer 'conv2' has 32 channels (0 to 31)."),
         (["--layer", "conv2", "--steps", "0"], "--steps must be at least 1, got 0."),
         (["--layer", "fc"], "Layer 'fc' has no spatial output"),
-        (["--class", "10"], "No class 10: the model has 10 (class 0 to 9)."),
+        (["--class", "10"], "No class 10: the model has 10 classes (0 to 9)."),
         (["--layer", "conv2", "--class", "1"], "--class targets the class scores"),
         (["--channel", "1"], "--channel needs --layer."),
         ([], "Say what to maximise"),
