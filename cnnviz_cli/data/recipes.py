@@ -268,7 +268,8 @@ def _fashion(picture: Picture, invert: bool | None, notes: list[str], size: int 
     close = max(0.05, _NOISE_SIGMAS * spread)  # the paper's "within 5% of the maximum intensity", or the noise
     if not (distance > close).any():
         raise DataError("Nothing stands out from the picture's background: it looks blank.")
-    strong = max(2 * close, 0.5 * float(np.percentile(distance, 99.9)))
+    # A near-top level of the item, from every other row and column: the seed of its box (4× cheaper).
+    strong = max(2 * close, 0.5 * float(np.percentile(distance[::2, ::2], 99.9)))
     top, bottom, left, right = _ink_box(distance > close, distance > strong)
     gray = _to_gray(values, notes)
     level, noise = _background(gray)
