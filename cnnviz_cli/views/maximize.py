@@ -165,6 +165,8 @@ def input_spec(checkpoint: Checkpoint) -> tuple[tuple[int, int, int], tuple[floa
     config = checkpoint.model_config
     shape = (config.in_channels, config.image_size, config.image_size)
     pre = checkpoint.preprocessing or {}
+    if "inside the network" in str(pre.get("normalise", "")):
+        return shape, (0.0,), (1.0,)  # the network normalises its [0, 1] input itself
     mean, std = pre.get("mean", 0.0), pre.get("std", 1.0)
     mean = tuple(mean) if isinstance(mean, (list, tuple)) else (float(mean),)
     std = tuple(std) if isinstance(std, (list, tuple)) else (float(std),)
@@ -282,7 +284,8 @@ def compute(
     return MaximizeResult(
         run_id=run.id, run_dir=run.dir, options=options, checkpoint=checkpoint, maximized=maximized, top=top,
         field=field, optimised_crops=optimised, patch_crops=patches, classes=tuple(split.classes),
-        split=split.name, dataset=split.dataset, searched=len(split), patches_from=patches_from, seconds=seconds,
+        split=split.name, dataset=getattr(split, "title", split.dataset), searched=len(split),
+        patches_from=patches_from, seconds=seconds,
     )
 
 
