@@ -60,7 +60,9 @@ def reported_store(trained_store, tiny_data, session_cache, tmp_path_factory):
     store = base / "artifacts"
     shutil.copytree(source, store)
     picture = base / "<b>bold.png"
-    Image.new("L", (28, 28), 0).save(picture)
+    digit = Image.new("L", (28, 28), 0)
+    digit.paste(255, (11, 6, 17, 22))  # a bar: the picture recipes refuse a blank picture
+    digit.save(picture)
     old = os.environ.get("CNNVIZ_CACHE_DIR")
     os.environ["CNNVIZ_CACHE_DIR"] = str(session_cache)
     try:
