@@ -282,3 +282,12 @@ def make_progress() -> Progress:
         console=console(),
         transient=True,
     )
+
+
+def picture_notes(notes: Sequence[str], quiet: bool = False) -> None:
+    """How one's own picture was prepared: 'note: ...' lines are warnings, the steps are shown as 'input: ...'."""
+    for note in notes:
+        if note.startswith("note:"):
+            warn(note.removeprefix("note:").strip())
+        else:
+            info(f"input: {note}", quiet)

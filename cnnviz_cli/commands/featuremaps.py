@@ -68,11 +68,7 @@ def main(
     run = Store.from_option(artifacts).get_complete(run_id)
     with command_performance(one_thread=True):
         result = featuremaps.compute(run, options)
-        for note in result.picture.notes:
-            if note.startswith("note:"):
-                console.warn(note.removeprefix("note:").strip())
-            else:
-                console.info(f"input: {note}", quiet)
+        console.picture_notes(result.picture.notes, quiet)
         paths = featuremaps.write(run, result)
     console.result(f"{result.described}: {result.answer}", quiet=quiet)
     images = sum(path.suffix == ".png" for path in paths)

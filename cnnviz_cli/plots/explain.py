@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     import torch
     from matplotlib.figure import Figure
 
-    from cnnviz_cli.attributions import Attribution
+    from cnnviz_cli.views.explain import Attribution
 
 SIGNED_CMAP = "RdBu_r"  # red: pushes the target score up, blue: pulls it down, white: zero
 UNSIGNED_CMAP = "inferno"

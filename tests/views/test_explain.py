@@ -8,9 +8,9 @@ import pytest
 import torch
 from helpers import assert_clean_error, cli, tree_digest
 
-from cnnviz_cli.attributions import METHODS, check_methods, check_target
 from cnnviz_cli.data.datasets import CLASS_NAMES
 from cnnviz_cli.errors import UsageError
+from cnnviz_cli.views.explain import METHODS, check_methods, check_target
 
 
 def _explain(artifacts, tiny_data, *args):
@@ -186,8 +186,8 @@ def test_errors_are_clean_and_leave_the_store_alone(store_copy, tiny_data, args,
 def test_an_all_zero_gradcam_is_reported():
     # Hand-made weights: conv2's ReLU output is positive everywhere and every class weight is negative,
     # so the channel weights are negative and Grad-CAM's final ReLU leaves nothing.
-    from cnnviz_cli.attributions import explain
     from cnnviz_cli.models.network import Net
+    from cnnviz_cli.views.explain import explain
 
     torch.manual_seed(0)
     model = Net()
