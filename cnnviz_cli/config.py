@@ -69,11 +69,12 @@ def check_split(split: str) -> str:
     return split
 
 
-def check_held_out_split(split: str) -> str:
+def check_held_out_split(split: str, *, val: str = "the run's own validation images", command: str = "") -> str:
+    """test or val; ``val`` says what val means to the caller, ``command`` is named in the message."""
     if split not in HELD_OUT_SPLITS:
         raise UsageError(
-            f"Unknown split '{split}'.",
-            "Choose test (the held-out test images) or val (the run's own validation images).",
+            f"Unknown split '{split}'{f' for {command}' if command else ''}.",
+            f"Choose test (the held-out test images) or val ({val}).",
         )
     return split
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from cnnviz_cli.matching import linear_assignment, match_filters, maximum_assignment
+from cnnviz_cli.models.matching import linear_assignment, match_filters, maximum_assignment
 
 
 def brute_force_min(cost):

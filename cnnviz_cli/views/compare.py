@@ -1,12 +1,11 @@
-"""Two runs side by side: differing options, metrics on the same images, confusion difference, matched filters.
+"""The compare view: two runs side by side (``compute``), the results stored in run B (``write``).
 
-Both runs are evaluated on exactly the same images (the test set, or a validation split both runs
-held out), with ``metrics.evaluate_model``. Filters of conv layers with the same shape are paired
-one-to-one by cosine similarity (``matching.match_filters``); a later layer's input channels are first
-put in the order of the previous layer's matching, since a second run may learn the same channels in a
-different order.
-
-This module never prints and never imports typer or rich.
+Differing options, metrics on the same images, the confusion difference and matched filters. Both runs
+are evaluated on exactly the same images (the test set, or a validation split both runs held out), with
+``metrics.evaluate_model``. Filters of conv layers with the same shape are paired one-to-one by cosine
+similarity (``models.matching.match_filters``); a later layer's input channels are first put in the
+order of the previous layer's matching, since a second run may learn the same channels in a different
+order.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.config import MODEL_FILE
+from cnnviz_cli.config import MODEL_FILE, check_held_out_split
 from cnnviz_cli.errors import GateFailed, UsageError
 from cnnviz_cli.progress import BatchCallback
 
@@ -28,16 +27,17 @@ if TYPE_CHECKING:
     from cnnviz_cli.store.runs import Run, Store
 
 __all__ = [
-    "COMPARE_SPLITS",
-    "Comparison",
+    "SECTION",
+    "CompareOptions",
+    "CompareResult",
     "LayerMatch",
-    "check_gate",
-    "compare_runs",
+    "compute",
     "differing_options",
     "parse_delta",
+    "write",
 ]
 
-COMPARE_SPLITS = ("test", "val")
+SECTION = "compare"  # compare/<RUN_A>/ in run B's folder
 
 # Options that say how a run was executed, not what it learned; shown, but never a reason to refuse a comparison.
 VAL_CARVING = ("val_fraction", "seed", "limit")
@@ -131,7 +131,7 @@ def chance_similarity(a: torch.Tensor, draws: int = CHANCE_DRAWS) -> float:
     """Mean matched cosine similarity of ``a``'s filters with random Gaussian filters of the same shape (seeded)."""
     import torch
 
-    from cnnviz_cli.matching import match_filters
+    from cnnviz_cli.models.matching import match_filters
 
     generator = torch.Generator().manual_seed(0)
     values = [
@@ -143,7 +143,7 @@ def chance_similarity(a: torch.Tensor, draws: int = CHANCE_DRAWS) -> float:
 
 def match_layers(weights_a: dict[str, torch.Tensor], weights_b: dict[str, torch.Tensor], layers: list[str]):
     """Match every layer whose weights have the same shape in both runs, in order, aligning input channels."""
-    from cnnviz_cli.matching import match_filters
+    from cnnviz_cli.models.matching import match_filters
 
     matches: list[LayerMatch] = []
     skipped: list[dict] = []
@@ -182,15 +182,37 @@ def match_layers(weights_a: dict[str, torch.Tensor], weights_b: dict[str, torch.
 
 
 @dataclass(frozen=True)
-class Comparison:
+class CompareOptions:
+    """Which runs, on which images, with which gate; checked when built, before the store is opened."""
+
+    run_a: str
+    run_b: str
+    dataset: str | None = None  # None: the runs' own dataset
+    split: str = "test"
+    data_dir: Path | None = None
+    offline: bool = False
+    fail_below: float | str | None = None  # --fail-below as given (0.01 or 1%), a fraction once built
+
+    def __post_init__(self) -> None:
+        from cnnviz_cli.data.datasets import check_dataset
+
+        if isinstance(self.fail_below, str):
+            object.__setattr__(self, "fail_below", parse_delta(self.fail_below))
+        check_held_out_split(self.split, val="a validation split both runs held out", command="compare")
+        if self.dataset is not None:
+            check_dataset(self.dataset)
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    options: CompareOptions
     run_a: Run
     run_b: Run
     checkpoint_a: Checkpoint
     checkpoint_b: Checkpoint
     dataset: str
-    split: str
     data_source: str
-    options: list[dict]
+    differing: list[dict]  # the options (and versions) whose values differ
     equal_options: int
     result_a: Metrics
     result_b: Metrics
@@ -198,6 +220,10 @@ class Comparison:
     skipped_layers: list[dict]
     weights_a: dict = field(repr=False)
     weights_b_aligned: dict = field(repr=False)  # B's weights with input channels in A's order
+
+    @property
+    def split(self) -> str:
+        return self.options.split
 
     @property
     def accuracy_delta(self) -> float:
@@ -230,7 +256,49 @@ class Comparison:
             for row_a, row_b in zip(self.result_a.confusion, self.result_b.confusion, strict=True)
         ]
 
-    def to_dict(self) -> dict:
+    @property
+    def gate(self) -> dict | None:
+        """The ``--fail-below`` verdict (None without a gate)."""
+        fail_below = self.options.fail_below
+        if fail_below is None:
+            return None
+        drop = self.result_a.accuracy - self.result_b.accuracy
+        return {
+            "fail_below": fail_below,
+            "accuracy_a": self.result_a.accuracy,
+            "accuracy_b": self.result_b.accuracy,
+            "drop": drop,
+            "passed": not drop > fail_below + 1e-12,
+        }
+
+    def gate_error(self) -> GateFailed | None:
+        """The error to raise when the gate failed (after the results are written), else None."""
+        gate = self.gate
+        if gate is None or gate["passed"]:
+            return None
+        return GateFailed(
+            f"Run B ({self.run_b.id}) scores {gate['accuracy_b']:.2%} on {self.dataset} {self.split}, "
+            f"{gate['drop'] * 100:.2f} percentage points below run A ({self.run_a.id}, {gate['accuracy_a']:.2%}); "
+            f"--fail-below allows {gate['fail_below'] * 100:.2f} points.",
+        )
+
+    @property
+    def section(self) -> str:
+        return f"{SECTION}/{self.run_a.id}"
+
+    def relpaths(self) -> dict[str, str]:
+        """The files ``write`` makes in run B, by name: json, confusion_diff, per_class, filters_<layer>."""
+        base = self.section
+        return {
+            "json": f"{base}/comparison.json",
+            "confusion_diff": f"{base}/confusion_diff.png",
+            "per_class": f"{base}/per_class.png",
+            **{f"filters_{m.layer}": f"{base}/filters-{m.layer}.png" for m in self.layers},
+        }
+
+    def comparison(self) -> dict:
+        """comparison.json: everything compared, and the gate."""
+
         def metrics(result, checkpoint, run) -> dict:
             return {
                 "run_id": run.id,
@@ -252,7 +320,7 @@ class Comparison:
             "n": self.result_a.n,
             "data_source": self.data_source,
             "classes": list(self.result_a.classes),
-            "options_differing": self.options,
+            "options_differing": self.differing,
             "options_equal": self.equal_options,
             "a": metrics(self.result_a, self.checkpoint_a, self.run_a),
             "b": metrics(self.result_b, self.checkpoint_b, self.run_b),
@@ -262,6 +330,36 @@ class Comparison:
             "confusion_difference": self.confusion_difference,
             "filters": [m.to_dict() for m in self.layers],
             "filters_not_compared": self.skipped_layers,
+            "gate": self.gate,
+        }
+
+    def record(self) -> dict:
+        """The manifest entry in run B."""
+        gate = self.gate
+        return {
+            "options": {
+                "run_a": self.run_a.id,
+                "run_b": self.run_b.id,
+                "dataset": self.dataset,
+                "split": self.split,
+                "fail_below": gate["fail_below"] if gate else None,
+            },
+            "checkpoint": MODEL_FILE,
+            "checkpoint_sha256": self.checkpoint_b.sha256,
+            "checkpoint_sha256_a": self.checkpoint_a.sha256,
+            "checkpoint_sha256_b": self.checkpoint_b.sha256,
+            "accuracy_a": self.result_a.accuracy,
+            "accuracy_b": self.result_b.accuracy,
+            "data_source": self.data_source,
+        }
+
+    def to_json(self) -> dict:
+        files = {name: str(self.run_b.dir / rel) for name, rel in self.relpaths().items()}
+        return {
+            "run_id": self.run_b.id,
+            **self.comparison(),
+            "files": files,
+            "images": [path for path in files.values() if path.endswith(".png")],
         }
 
 
@@ -270,35 +368,10 @@ def _val_carving(manifest: dict) -> dict:
     return {key: options.get(key) for key in VAL_CARVING} | {"dataset": manifest.get("dataset")}
 
 
-def compare_runs(
-    store: Store,
-    run_a: str,
-    run_b: str,
-    *,
-    dataset: str | None = None,
-    split: str = "test",
-    data_dir: Path | None = None,
-    offline: bool = False,
-    device: str = "auto",
-    on_batch: BatchCallback | None = None,
-) -> Comparison:
-    """Evaluate both runs' final models on the same images and match their filters."""
-    from cnnviz_cli.data.datasets import check_dataset, run_split
-    from cnnviz_cli.metrics import check_data_fits, evaluate_model
-    from cnnviz_cli.store.checkpoint import load_run_model
-    from cnnviz_cli.training.device import pick_device
-
-    if split not in COMPARE_SPLITS:
-        raise UsageError(
-            f"Unknown split '{split}' for compare.",
-            "Choose test (the held-out test images) or val (a validation split both runs held out).",
-        )
-    if dataset is not None:
-        check_dataset(dataset)
-    first = store.get_complete(run_a)
-    second = store.get_complete(run_b)
-    manifest_a, manifest_b = first.manifest(), second.manifest()
+def _check_same_images(first: Run, second: Run, manifest_a: dict, manifest_b: dict, options: CompareOptions) -> str:
+    """The dataset both runs are evaluated on; refuses --split val unless both held out the same images."""
     dataset_a, dataset_b = manifest_a.get("dataset") or "mnist", manifest_b.get("dataset") or "mnist"
+    dataset = options.dataset
     if dataset is None:
         if dataset_a != dataset_b:
             raise UsageError(
@@ -306,7 +379,7 @@ def compare_runs(
                 "Pass --dataset to evaluate both on the same images.",
             )
         dataset = dataset_a
-    if split == "val":
+    if options.split == "val":
         carving_a, carving_b = _val_carving(manifest_a), _val_carving(manifest_b)
         if carving_a != carving_b:
             differ = ", ".join(k for k in carving_a if carving_a[k] != carving_b[k])
@@ -317,11 +390,26 @@ def compare_runs(
             )
         if dataset != dataset_a:
             raise UsageError("--split val means the runs' own validation images.", "Drop --dataset, or use --split test.")
+    return dataset
 
+
+def compute(
+    store: Store, options: CompareOptions, *, device: str = "auto", on_batch: BatchCallback | None = None
+) -> CompareResult:
+    """Evaluate both runs' final models on the same images and match their filters."""
+    from cnnviz_cli.data.datasets import run_split
+    from cnnviz_cli.metrics import check_data_fits, evaluate_model
+    from cnnviz_cli.store.checkpoint import load_run_model
+    from cnnviz_cli.training.device import pick_device
+
+    first = store.get_complete(options.run_a)
+    second = store.get_complete(options.run_b)
+    manifest_a, manifest_b = first.manifest(), second.manifest()
+    dataset = _check_same_images(first, second, manifest_a, manifest_b, options)
     torch_device = pick_device(device)
     model_a, checkpoint_a = load_run_model(first, torch_device)
     model_b, checkpoint_b = load_run_model(second, torch_device)
-    data = run_split(manifest_a, split, dataset=dataset, data_dir=data_dir, offline=offline)
+    data = run_split(manifest_a, options.split, dataset=dataset, data_dir=options.data_dir, offline=options.offline)
     for run, checkpoint in ((first, checkpoint_a), (second, checkpoint_b)):
         check_data_fits(data, checkpoint, run.id)
 
@@ -341,15 +429,15 @@ def compare_runs(
     layers = list(dict.fromkeys([*model_a.conv_names, *model_b.conv_names]))
     matches, skipped, aligned_b = match_layers(weights_a, weights_b, layers)
     differing, equal = differing_options(manifest_a, manifest_b)
-    return Comparison(
+    return CompareResult(
+        options=options,
         run_a=first,
         run_b=second,
         checkpoint_a=checkpoint_a,
         checkpoint_b=checkpoint_b,
         dataset=dataset,
-        split=split,
         data_source=data.source,
-        options=differing,
+        differing=differing,
         equal_options=equal,
         result_a=result_a,
         result_b=result_b,
@@ -360,24 +448,52 @@ def compare_runs(
     )
 
 
-def check_gate(comparison: Comparison, fail_below: float | None) -> dict | None:
-    """The ``--fail-below`` verdict as a dict (None without a gate)."""
-    if fail_below is None:
-        return None
-    drop = comparison.result_a.accuracy - comparison.result_b.accuracy
-    return {
-        "fail_below": fail_below,
-        "accuracy_a": comparison.result_a.accuracy,
-        "accuracy_b": comparison.result_b.accuracy,
-        "drop": drop,
-        "passed": not drop > fail_below + 1e-12,
-    }
-
-
-def gate_error(comparison: Comparison, gate: dict) -> GateFailed:
-    a, b = comparison.run_a.id, comparison.run_b.id
-    return GateFailed(
-        f"Run B ({b}) scores {gate['accuracy_b']:.2%} on {comparison.dataset} {comparison.split}, "
-        f"{gate['drop'] * 100:.2f} percentage points below run A ({a}, {gate['accuracy_a']:.2%}); "
-        f"--fail-below allows {gate['fail_below'] * 100:.2f} points.",
+def _filters_title(result: CompareResult, match: LayerMatch) -> str:
+    aligned = (
+        f"; B's input channels put in A's order by the {match.inputs_aligned_by} matching"
+        if match.inputs_aligned_by
+        else ""
     )
+    return (
+        f"{match.layer} filters matched one-to-one: A = {result.run_a.id}, B = {result.run_b.id}\n"
+        f"matched mean cosine similarity {match.mean_similarity:.2f} "
+        f"(same index: {match.identity_mean_similarity:.2f}, chance level: {match.chance_similarity:.2f})"
+        f"{aligned}"
+    )
+
+
+def write(run: Run, result: CompareResult) -> dict[str, Path]:
+    """comparison.json, confusion_diff.png, per_class.png and filters-<layer>.png into ``run`` (run B), all or nothing."""
+    from cnnviz_cli.plots.common import png_bytes
+    from cnnviz_cli.plots.compare import confusion_difference_figure, matched_filters_figure, per_class_figure
+    from cnnviz_cli.store.runs import atomic_write_json
+
+    a, b = result.result_a, result.result_b
+    relpaths = result.relpaths()
+    what = f"{result.dataset} {result.split}, {a.n:,} images"
+    figures = {
+        "confusion_diff": lambda: confusion_difference_figure(
+            result.confusion_difference, a.classes, title=f"Confusion matrix B − A ({what})"
+        ),
+        "per_class": lambda: per_class_figure(
+            result.per_class,
+            f"{result.run_a.id} ({a.accuracy:.2%})",
+            f"{result.run_b.id} ({b.accuracy:.2%})",
+            title=f"Per-class accuracy ({what})",
+        ),
+        **{
+            f"filters_{m.layer}": lambda m=m: matched_filters_figure(
+                result.weights_a[m.layer],
+                result.weights_b_aligned[m.layer],
+                m.pairs,
+                m.similarity,
+                title=_filters_title(result, m),
+            )
+            for m in result.layers
+        },
+    }
+    with run.outputs(result.section, record=result.record()) as staging:
+        atomic_write_json(staging.path(relpaths["json"], kind="metrics"), result.comparison())
+        for name, figure in figures.items():
+            staging.write_bytes(relpaths[name], png_bytes(figure()), kind="figure")
+    return {name: staging.final_path(rel) for name, rel in relpaths.items()}
