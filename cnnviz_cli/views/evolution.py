@@ -1,11 +1,10 @@
-"""How a layer's filters (and, for one image, its feature maps) changed over training, epoch by epoch.
+"""The evolution view: how a layer's filters (and, for one image, its feature maps) changed over training
+(``compute``), drawn into the run epoch by epoch (``write``).
 
 The data come from the per-epoch checkpoints a run keeps (``checkpoints/epoch-NNN.safetensors``, each
 verified against the sha256 in the manifest). Per filter and epoch two numbers say when a filter
 settles: the L2 distance of its weights to the previous epoch's, and the cosine similarity to its final
 weights.
-
-This module never prints and never imports typer or rich.
 """
 
 from __future__ import annotations
@@ -13,8 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cnnviz_cli.config import check_choice, check_split
 from cnnviz_cli.errors import ArtifactError, UsageError
 
 if TYPE_CHECKING:
@@ -25,14 +26,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FEATUREMAP_STAGE",
+    "FORMATS",
+    "SECTION",
     "EpochCheckpoint",
-    "Evolution",
-    "epoch_checkpoints",
-    "filter_changes",
+    "EvolutionOptions",
+    "EvolutionResult",
     "check_initial",
+    "compute",
+    "epoch_checkpoints",
+    "epoch_label",
+    "filter_changes",
     "initial_model",
-    "load_evolution",
+    "write",
 ]
+
+SECTION = "evolution"  # evolution/<layer>/
+FORMATS = ("gif", "png", "both")  # an animation (one frame per epoch), every epoch side by side, or both
 
 EPOCH_FILE_RE = re.compile(r"^checkpoints/epoch-(\d+)\.safetensors$")
 # Feature maps are shown after the ReLU: what the next layer actually receives.
@@ -94,10 +103,37 @@ def epoch_checkpoints(run: Run, manifest: dict | None = None) -> list[EpochCheck
 
 
 @dataclass(frozen=True)
-class Evolution:
+class EvolutionOptions:
+    """Which layer, image and format; checked when built, so a mistake is reported before the store is opened."""
+
+    layer: str = "conv1"
+    image: str | None = None  # also follow this image's feature maps: an index into the split, or a picture's path
+    format: str = "gif"  # one of FORMATS
+    initial: bool = False  # start with epoch 0, the weights rebuilt from the run's seed
+    split: str = "test"
+    invert: bool | None = None
+    preprocess: str | None = None
+    data_dir: Path | None = None
+    offline: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice(self.format, FORMATS, "--format")
+        check_split(self.split)
+        if (self.invert is not None or self.preprocess is not None) and self.image is None:
+            raise UsageError("--invert, --no-invert and --preprocess need --image with the path of your own picture.")
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        return ("gif", "png") if self.format == "both" else (self.format,)
+
+
+@dataclass(frozen=True)
+class EvolutionResult:
     """A layer's weights at every epoch, on one shared colour scale, and how much each filter moved."""
 
+    options: EvolutionOptions
     run_id: str
+    run_dir: Path
     layer: str
     checkpoints: list[EpochCheckpoint]
     weights: list[torch.Tensor]  # per epoch: (out, in, kh, kw), CPU float32
@@ -147,15 +183,63 @@ class Evolution:
             "clipped_fraction": self.clipped_fraction,
         }
 
-    def to_dict(self) -> dict:
+    @property
+    def section(self) -> str:
+        return f"{SECTION}/{self.layer}"
+
+    @property
+    def image_provenance(self) -> dict | None:
+        return self.image.provenance if self.image is not None else None
+
+    def checkpoint_docs(self) -> list[dict]:
+        return [
+            {"epoch": c.epoch, "path": c.relpath, "sha256": c.sha256, "source": c.source} for c in self.checkpoints
+        ]
+
+    def relpaths(self) -> dict[str, str]:
+        """The files ``write`` makes, by name: filters, input, featuremaps (then the _png ones with --format both),
+        changes and json."""
+        from cnnviz_cli.featuremaps import image_slug
+
+        base, image = self.section, self.image
+        extensions = self.options.extensions
+        relpaths = {}
+        for ext in extensions:
+            key = "" if ext == extensions[0] else f"_{ext}"
+            relpaths["filters" + key] = f"{base}/filters.{ext}"
+            if image is None:
+                continue
+            if image.provenance["kind"] == "file" and "input" not in relpaths:
+                relpaths["input"] = f"{base}/input-{image_slug(image)}.png"
+            relpaths["featuremaps" + key] = f"{base}/featuremaps-{image_slug(image)}.{ext}"
+        return {**relpaths, "changes": f"{base}/changes.png", "json": f"{base}/evolution.json"}
+
+    def record(self) -> dict:
+        """The manifest entry."""
+        options = self.options
+        return {
+            "options": {
+                "layer": self.layer,
+                "format": options.format,
+                "image": options.image,
+                "split": options.split if options.image is not None else None,
+                "initial": self.epochs[0] == 0,
+            },
+            "epochs": self.epochs,
+            "checkpoints": self.checkpoint_docs(),
+            "checkpoint": self.checkpoints[-1].relpath,
+            "checkpoint_sha256": self.checkpoints[-1].sha256,
+            "colour_scale": self.colour_scale,
+            "image": self.image_provenance,
+        }
+
+    def document(self) -> dict:
+        """evolution.json: the epochs, the colour scale and every filter's changes."""
         return {
             "run_id": self.run_id,
             "layer": self.layer,
             "epochs": self.epochs,
-            "checkpoints": [
-                {"epoch": c.epoch, "path": c.relpath, "sha256": c.sha256, "source": c.source}
-                for c in self.checkpoints
-            ],
+            "checkpoints": self.checkpoint_docs(),
             "colour_scale": self.colour_scale,
             "summary": self.epoch_summary(),
             "filters": [
@@ -166,6 +250,19 @@ class Evolution:
                 }
                 for i in range(self.filters)
             ],
+            "format": self.options.format,
+            "image": self.image_provenance,
+        }
+
+    def to_json(self) -> dict:
+        files = {name: str(self.run_dir / rel) for name, rel in self.relpaths().items()}
+        document = self.document()
+        return {
+            **{key: value for key, value in document.items() if key != "image"},
+            "featuremap_stage": FEATUREMAP_STAGE if self.image is not None else None,
+            "image": document["image"],
+            "files": files,
+            "images": [path for path in files.values() if path.endswith((".png", ".gif"))],
         }
 
 
@@ -243,33 +340,39 @@ def check_initial(initial, first, manifest: dict, first_epoch: int) -> None:
         )
 
 
-def load_evolution(
-    run: Run,
-    layer: str,
-    *,
-    image: InputImage | None = None,
-    include_initial: bool = False,
-    on_epoch: EpochCallback | None = None,
-) -> Evolution:
-    """Load every epoch checkpoint of ``run`` (verified), collect ``layer``'s weights and, with ``image``, its feature maps.
-
-    ``include_initial`` adds epoch 0: the weights before training, rebuilt from the run's seed.
-    """
-    import torch
-
+def _check_layer(run: Run, manifest: dict, layer: str) -> str:
     from cnnviz_cli.config import ModelConfig
-    from cnnviz_cli.models.probe import capture_activations
-    from cnnviz_cli.store.checkpoint import load_checkpoint
 
-    manifest = run.manifest()
-    checkpoints = epoch_checkpoints(run, manifest)
     try:
         config = ModelConfig.from_manifest(manifest)
     except TypeError as exc:
         raise ArtifactError(f"The manifest of run '{run.id}' describes no valid model ({exc}).") from None
     if layer not in config.conv_names:
         raise UsageError(f"Unknown layer '{layer}'.", f"Valid layers: {', '.join(config.conv_names)}.")
-    first = initial_model(manifest) if include_initial else None
+    return layer
+
+
+def compute(run: Run, options: EvolutionOptions, *, on_epoch: EpochCallback | None = None) -> EvolutionResult:
+    """Load every epoch checkpoint of ``run`` (verified), collect the layer's weights and, with an image, its
+    feature maps. ``options.initial`` adds epoch 0: the weights before training, rebuilt from the run's seed.
+    """
+    import torch
+
+    from cnnviz_cli.models.probe import capture_activations
+    from cnnviz_cli.store.checkpoint import load_checkpoint
+
+    manifest = run.manifest()
+    layer = _check_layer(run, manifest, options.layer)
+    checkpoints = epoch_checkpoints(run, manifest)  # refuses a run that kept only its last checkpoint
+    image = None
+    if options.image is not None:
+        from cnnviz_cli.data.pictures import resolve_image
+
+        image = resolve_image(
+            options.image, manifest, split=options.split, data_dir=options.data_dir, offline=options.offline,
+            invert=options.invert, preprocess=options.preprocess,
+        )
+    first = initial_model(manifest) if options.initial else None
     if first is not None:
         checkpoints = [EpochCheckpoint(0, None, None), *checkpoints]
 
@@ -299,8 +402,10 @@ def load_evolution(
     max_abs = float(magnitudes.max())
     vmax = float(torch.quantile(magnitudes.double(), SCALE_QUANTILE)) or max_abs or 1.0
     fm_vmax = max((float(f.max()) for f in featuremaps), default=0.0)
-    return Evolution(
+    return EvolutionResult(
+        options=options,
         run_id=run.id,
+        run_dir=run.dir,
         layer=layer,
         checkpoints=checkpoints,
         weights=weights,
@@ -313,3 +418,101 @@ def load_evolution(
         max_abs_weight=max_abs,
         clipped_fraction=float((magnitudes > vmax).double().mean()),
     )
+
+
+def epoch_label(epoch: int, last: int | None = None) -> str:
+    if epoch == 0:
+        return "initial weights (epoch 0)"
+    return f"epoch {epoch}" if last is None else f"epoch {epoch} of {last}"
+
+
+def _filters_gif(result: EvolutionResult) -> bytes:
+    """One frame per epoch: the layer's filters, with the mean change from the epoch before."""
+    from cnnviz_cli.plots.evolution import figure_image, gif_bytes, weights_frame
+
+    epochs, summary = result.epochs, result.epoch_summary()
+    frames = []
+    for k, (epoch, weight) in enumerate(zip(epochs, result.weights, strict=True)):
+        change = summary[k]["mean_l2_change"]
+        subtitle = f"run {result.run_id} · " + (
+            f"mean change from epoch {epochs[k - 1]}: {change:.3f}" if change is not None
+            else ("before training" if epoch == 0 else "first epoch")
+        )
+        figure = weights_frame(
+            weight, vmax=result.vmax, title=f"{result.layer} · {epoch_label(epoch, epochs[-1])}",
+            subtitle=subtitle, progress=(k + 1) / len(epochs),
+        )
+        frames.append(figure_image(figure))
+    return gif_bytes(frames)
+
+
+def _featuremaps_gif(result: EvolutionResult) -> bytes:
+    from cnnviz_cli.plots.evolution import featuremaps_frame, figure_image, gif_bytes
+
+    epochs = result.epochs
+    frames = []
+    for k, (epoch, fmap) in enumerate(zip(epochs, result.featuremaps, strict=True)):
+        figure = featuremaps_frame(
+            fmap, vmax=result.featuremap_vmax,
+            title=f"{result.layer} feature maps · {epoch_label(epoch, epochs[-1])}",
+            subtitle=result.image.description, progress=(k + 1) / len(epochs),
+        )
+        frames.append(figure_image(figure))
+    return gif_bytes(frames)
+
+
+def _filters_strip(result: EvolutionResult):
+    from cnnviz_cli.plots.evolution import WEIGHT_CMAP, filter_tiles, strip_figure
+
+    return strip_figure(
+        [filter_tiles(w).array for w in result.weights],
+        [epoch_label(e) for e in result.epochs],
+        vmin=-result.vmax, vmax=result.vmax, cmap=WEIGHT_CMAP,
+        title=f"{result.layer} filters of run {result.run_id} at every epoch (one colour scale)",
+        colour_label="weight",
+    )
+
+
+def _featuremaps_strip(result: EvolutionResult):
+    from cnnviz_cli.plots.evolution import ACTIVATION_CMAP, featuremap_tiles, strip_figure
+
+    return strip_figure(
+        [featuremap_tiles(f).array for f in result.featuremaps],
+        [epoch_label(e) for e in result.epochs],
+        vmin=0.0, vmax=result.featuremap_vmax, cmap=ACTIVATION_CMAP,
+        title=f"{result.layer} feature maps (after ReLU) of {result.image.description}, every epoch",
+        colour_label="activation", panel=2.6,
+    )
+
+
+def _changes_figure(result: EvolutionResult):
+    from cnnviz_cli.plots.evolution import change_figure
+
+    return change_figure(
+        result.epochs, result.l2_change, result.cosine_to_final,
+        title=f"How much the {result.layer} filters of run {result.run_id} changed per epoch",
+    )
+
+
+def write(run: Run, result: EvolutionResult) -> dict[str, Path]:
+    """filters.gif/.png, featuremaps-<image>.gif/.png (and input-<image>.png), changes.png and evolution.json
+    into evolution/<layer>/, all or nothing; returns the written files by name (see ``relpaths``)."""
+    from cnnviz_cli.data.pictures import save_input
+    from cnnviz_cli.plots.common import png_bytes
+    from cnnviz_cli.store.runs import atomic_write_bytes, atomic_write_json
+
+    relpaths = result.relpaths()
+    figures = {"filters": _filters_strip, "featuremaps": _featuremaps_strip, "changes": _changes_figure}
+    animations = {"filters": _filters_gif, "featuremaps": _featuremaps_gif}
+    with run.outputs(result.section, record=result.record()) as staging:
+        for name, rel in relpaths.items():
+            kind = name.removesuffix("_png")
+            if name == "input":
+                save_input(result.image, staging.path(rel, kind="image"))
+            elif name == "json":
+                atomic_write_json(staging.path(rel, kind="metrics"), result.document())
+            elif rel.endswith(".gif"):
+                atomic_write_bytes(staging.path(rel, kind="animation"), animations[kind](result))
+            else:
+                staging.write_bytes(rel, png_bytes(figures[kind](result)), kind="figure")
+    return {name: staging.final_path(rel) for name, rel in relpaths.items()}
