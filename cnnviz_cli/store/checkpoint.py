@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnnviz_cli.config import MODEL_FILE, PREPROCESSING, ModelConfig
-from cnnviz_cli.errors import ArtifactError
+from cnnviz_cli.errors import ArtifactError, UsageError
 from cnnviz_cli.store.runs import Run, atomic_write, sha256_file
 
 if TYPE_CHECKING:
@@ -99,13 +99,15 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Net
             run_id=metadata["run_id"],
             preprocessing=json.loads(metadata["preprocessing"]),
         )
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, UsageError) as exc:  # UsageError: a model config that cannot be built
         raise ArtifactError(f"The metadata of {path} is incomplete or invalid ({exc}).") from None
     model = Net(config)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
+        # torch's message is a heading ("Error(s) in loading state_dict for Net:") then one line per mismatch.
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
         raise ArtifactError(f"The weights in {path} do not fit the architecture it describes: {first}") from None
     model.to(device).eval()
     return model, info
