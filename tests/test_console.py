@@ -161,3 +161,51 @@ def test_a_table_just_too_wide_closes_up_its_spacing_before_going_row_by_row(cap
     lines = ANSI.sub("", capsys.readouterr().out).splitlines()
     assert "0  T-shirt/top    1,000     84.34%  85.10%  0.847    85.10%" in lines
     assert max(len(line) for line in lines) <= 60
+
+
+def test_quiet_silences_results_and_messages_but_never_warnings_or_errors(capsys, fresh_console):
+    console.result("a result", quiet=True)
+    console.info("a note", quiet=True)
+    console.warn("still shown")
+    console.error("also shown")
+    assert capsys.readouterr() == ("", "warning: still shown\nerror: also shown\n")
+
+
+def test_warnings_and_errors_print_brackets_literally(capsys, fresh_console):
+    console.warn("layer [conv1] has [bold]no[/bold] filters")
+    console.error("file [red].png")
+    assert capsys.readouterr().err == "warning: layer [conv1] has [bold]no[/bold] filters\nerror: file [red].png\n"
+
+
+def test_fmt_pct_two_decimals_and_a_dash_for_no_value():
+    assert [console.fmt_pct(v) for v in (0.0, 0.12345, 1.0, None, float("nan"))] == ["0.00%", "12.35%", "100.00%", "-", "-"]
+
+
+def test_emit_json_writes_paths_as_text_and_refuses_nan(capsys, fresh_console, tmp_path):
+    console.emit_json({"path": tmp_path / "a.png", "n": 1})
+    assert json.loads(capsys.readouterr().out) == {"path": str(tmp_path / "a.png"), "n": 1}
+    with pytest.raises(ValueError):  # NaN is not JSON: a bug to fix in the caller, never a broken document
+        console.emit_json({"accuracy": float("nan")})
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(("total", "shown"), [(8, ["2/8", "4/8", "6/8", "8/8"]), (3, ["1/3", "2/3", "3/3"]), (1, ["1/1"])])
+def test_progress_off_a_terminal_is_a_few_plain_lines_at_each_quarter(capsys, fresh_console, total, shown):
+    with console.StepProgress("scoring") as progress:
+        for done in range(1, total + 1):
+            progress(done, total)
+    assert capsys.readouterr() == ("", "".join(f"scoring: {s}\n" for s in shown))
+    with console.StepProgress("scoring", quiet=True) as progress:
+        for done in range(1, total + 1):
+            progress(done, total)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_phases_report_one_loop_after_another(capsys, fresh_console):
+    with console.StepPhases() as phase:
+        first, second = phase("reading"), phase("drawing")
+        for done in (1, 2):
+            first(done, 2)
+        for done in (1, 2, 3, 4):
+            second(done, 4)
+    assert capsys.readouterr() == ("", "reading: 1/2\nreading: 2/2\ndrawing: 1/4\ndrawing: 2/4\ndrawing: 3/4\ndrawing: 4/4\n")
