@@ -39,7 +39,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 
 SCHEMA = "cnnviz-bench/1"
 THREADS_ENV = "CNNVIZ_THREADS"  # = cnnviz_cli.training.device.THREADS_ENV (not imported here: that module imports torch)
-SECTIONS = ("startup", "loop", "command", "eval", "render", "maximize", "distributed", "predict")
+SECTIONS = ("startup", "loop", "command", "eval", "render", "maximize", "distributed", "predict", "folders")
 BATCH_SIZE = 256  # the tutorial's
 LR = 1e-3
 VAL_FRACTION = 0.2
@@ -52,6 +52,7 @@ TARGETS = {
     "filters512": 5.0,  # seconds
     "maximize": 10.0,  # seconds: cnnviz maximize --layer conv2 (32 channels, 256 steps), whole command
     "predict": 1000.0,  # pictures per second after start-up: cnnviz predict on PREDICT_PICTURES files
+    "folder_loop": 1.4,  # epochs 2+ on an image folder, x torchvision's ImageFolder + DataLoader(num_workers=2)
 }
 PREDICT_PICTURES = 1000
 MAXIMIZE_STEPS = 256
@@ -787,10 +788,139 @@ def work_predict(spec: dict) -> dict:
     return {"seconds": time.perf_counter() - started, "pictures": len(answers)}
 
 
+# --------------------------------------------------------------------------------------------------
+# Image folders: cnnviz's decoded cache against torchvision's ImageFolder pipeline on the same PNGs.
+
+FOLDER_SIZE = 64
+FOLDER_CLASSES = ("blue", "green", "red")
+
+
+def write_folder_pngs(root: Path, n: int, seed: int = 0) -> Path:
+    """``n`` 64×64 RGB PNGs in the ImageFolder layout: one coloured disc or square per picture (its
+    class is the colour) on a noisy background."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:FOLDER_SIZE, 0:FOLDER_SIZE]
+    for name in FOLDER_CLASSES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        kind = i % len(FOLDER_CLASSES)
+        pixels = rng.integers(40, 200, size=3) + rng.normal(0, 20, size=(FOLDER_SIZE, FOLDER_SIZE, 3))
+        r = rng.uniform(8, 18)
+        cy, cx = rng.uniform(r, FOLDER_SIZE - r, size=2)
+        if i % 2:
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        else:
+            mask = (np.abs(yy - cy) < r * 0.8) & (np.abs(xx - cx) < r * 0.8)
+        colour = np.full(3, 40.0)
+        colour[2 - kind] = 230.0
+        pixels[mask] = colour
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / FOLDER_CLASSES[kind] / f"{i:05d}.png")
+    return root
+
+
+def _tutorial_order_net(num_classes: int, state_dict: dict):
+    """The tutorial network at 3×64×64 in its literal order (conv -> ReLU -> pool), contiguous fp32,
+    holding cnnviz's initial weights."""
+    from torch import nn
+
+    side = FOLDER_SIZE // 4
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * side * side, num_classes),
+    )
+    names = ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc.weight", "fc.bias"]
+    for param, name in zip(model.parameters(), names, strict=True):
+        param.data.copy_(state_dict[name])
+    return model
+
+
+def work_folder(spec: dict) -> dict:
+    """'decode': cnnviz's first use of the folder (scan, header probe, decode into the cache), timed.
+    'cnnviz': ``train_epoch`` on the memory-mapped cache, as ``cnnviz train --dataset PATH`` does.
+    'torchvision': ImageFolder + ToTensor + Normalize + DataLoader(batch 256, shuffle, num_workers=2) on
+    the same training pictures, the same initial weights, the tutorial's layer order, contiguous fp32.
+    Every epoch is timed on its own: the first and the later ones are reported apart."""
+    import torch
+    import torch.nn.functional as F
+
+    from cnnviz_cli.config import ModelConfig
+    from cnnviz_cli.data import folders
+    from cnnviz_cli.models.network import Net
+    from cnnviz_cli.training.device import pick_device
+    from cnnviz_cli.training.loop import epoch_generator, train_epoch
+
+    root, variant, seed, epochs = Path(spec["folder"]), spec["variant"], spec["seed"], spec["epochs"]
+    started = time.perf_counter()
+    scan = folders.scan_folder(root)
+    if variant == "decode":
+        info = folders.probe_folder(scan)
+        data = folders.decode_folder(scan, folders.default_image_size(info), folders.default_channels(info))
+        seconds = time.perf_counter() - started
+        return {"variant": variant, "seconds": seconds, "pictures": len(scan.files), "decoded": data.decoded,
+                "images_per_s": len(scan.files) / seconds, "rss_peak_mb": _rss_mb()}
+    pick_device("cpu")  # sets cnnviz's thread count, for both sides
+    data = folders.decode_folder(scan, FOLDER_SIZE, 3)
+    splits = folders.split_folder(data, VAL_FRACTION, 0.0, seed)
+    mean, std = folders.channel_stats(data.images, splits.train)
+    torch.manual_seed(seed)
+    config = ModelConfig(in_channels=3, image_size=FOLDER_SIZE, num_classes=len(data.classes), mean=mean, std=std)
+    net = Net(config)
+    times = []
+    if variant == "cnnviz":
+        optimizer = torch.optim.Adam(net.parameters(), lr=LR)
+        for epoch in range(1, epochs + 1):
+            began = time.perf_counter()
+            train_epoch(net, optimizer, data.images, data.labels, batch_size=BATCH_SIZE,
+                        generator=epoch_generator(seed, epoch), rows=splits.train)
+            times.append(time.perf_counter() - began)
+        model = net
+        val_x = data.images[splits.val].float().div_(255)
+    elif variant == "torchvision":
+        from torch.utils.data import DataLoader, Subset
+        from torchvision import datasets, transforms
+
+        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+        folder = datasets.ImageFolder(str(root), transform=transform)
+        same = [Path(p).relative_to(root).as_posix() for p, _ in folder.samples]
+        if same != [f.relpath for f in scan.files]:
+            raise RuntimeError("ImageFolder and cnnviz list the pictures differently")
+        loader = DataLoader(Subset(folder, splits.train.tolist()), batch_size=BATCH_SIZE, shuffle=True,
+                            num_workers=2, generator=torch.Generator().manual_seed(seed))
+        model = _tutorial_order_net(len(data.classes), net.state_dict())
+        optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+        for _ in range(epochs):
+            began = time.perf_counter()
+            model.train()
+            for batch, target in loader:
+                loss = F.cross_entropy(model(batch), target)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            times.append(time.perf_counter() - began)
+        val_x = (data.images[splits.val].float().div_(255) - net.input_mean) / net.input_std
+    else:
+        raise ValueError(f"unknown folder variant {variant!r}")
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(val_x).argmax(1) == data.labels[splits.val]).float().mean().item()
+    n = len(splits.train)
+    later = times[1:] or times
+    return {
+        "variant": variant, "train_size": n, "epoch_seconds": times, "first_epoch_images_per_s": n / times[0],
+        "later_images_per_s": n * len(later) / sum(later), "val_accuracy": accuracy,
+        "threads": torch.get_num_threads(), "rss_peak_mb": _rss_mb(),
+    }
+
+
 WORKERS: dict[str, Callable[[dict], dict | None]] = {
     "dist_step": work_dist_step,
     "loop": work_loop, "eval": work_eval, "render": work_render, "warm": work_warm, "maximize": work_maximize,
     "predict": work_predict,
+    "folder": work_folder,
 }
 
 
@@ -810,6 +940,7 @@ class Options:
     sections: tuple[str, ...] = SECTIONS
     bf16: bool = True
     quick: bool = False
+    folder_images: int = 10000
 
 
 class Bench:
@@ -1223,6 +1354,50 @@ class Bench:
                          note="pictures per second of CPU time (user + system, workers included): what one idle "
                               "core does, whatever the load of the machine"))
 
+    def section_folders(self) -> None:
+        opts = self.options
+        n, epochs = opts.folder_images, max(3, opts.epochs)
+        root = self.workspace / "folder"
+        self.log(f"folders: writing {n} 64×64 RGB PNGs")
+        write_folder_pngs(root, n)
+        decodes = []
+        for i in range(opts.repeats):  # a cold cache each time: the first use of a folder
+            env = {**self.env, "CNNVIZ_CACHE_DIR": str(self.workspace / f"folder-cache-{i}")}
+            child = run_child(worker_cmd("folder", {"folder": str(root), "variant": "decode", "seed": 0,
+                                                    "epochs": 1}), env)
+            decodes.append(child.json())
+            self.log(f"  decode {i + 1}: {decodes[-1]['seconds']:.1f} s, {decodes[-1]['images_per_s']:.0f} pictures/s")
+        env = {**self.env, "CNNVIZ_CACHE_DIR": str(self.workspace / "folder-cache-0")}
+        results: dict[str, list[dict]] = {"torchvision": [], "cnnviz": []}
+
+        def run(variant: str, i: int) -> dict:
+            spec = {"folder": str(root), "variant": variant, "seed": i, "epochs": epochs}
+            result = run_child(worker_cmd("folder", spec), env).json()
+            results[variant].append(result)
+            self.log(f"  pair {i + 1}: {variant:<12} epoch 1 {result['first_epoch_images_per_s']:6.0f} img/s, "
+                     f"epochs 2+ {result['later_images_per_s']:6.0f} img/s, val acc {result['val_accuracy']:.4f}")
+            return result
+
+        self.log(f"folders: {epochs} epochs on {n} pictures (80% train), {opts.repeats} pairs")
+        self.pairs(lambda i: run("torchvision", i), lambda i: run("cnnviz", i), opts.repeats)
+        base, ours = results["torchvision"], results["cnnviz"]
+        label = "ImageFolder+ToTensor+Normalize, DataLoader(num_workers=2)"
+        self.add(Row("folder_loop", "folders", f"image folder, epochs 2+ ({n} 64×64 RGB PNGs)", "img/s", "higher",
+                     baseline_label=label, baseline=[r["later_images_per_s"] for r in base],
+                     cnnviz=[r["later_images_per_s"] for r in ours],
+                     note="same pictures, same initial weights; cnnviz reads the memory-mapped decoded cache"))
+        self.add(Row("folder_first_epoch", "folders", "image folder, first epoch (cache already decoded)",
+                     "img/s", "higher", baseline_label=label,
+                     baseline=[r["first_epoch_images_per_s"] for r in base],
+                     cnnviz=[r["first_epoch_images_per_s"] for r in ours]))
+        self.add(Row("folder_decode", "folders", f"first use of the folder: decode {n} PNGs into the cache", "s",
+                     "lower", baseline_label="-", cnnviz=[d["seconds"] for d in decodes],
+                     note=f"{statistics.median(d['images_per_s'] for d in decodes):.0f} pictures/s on "
+                          f"{os.cpu_count()} core(s); torchvision decodes every epoch instead"))
+        self.add(Row("folder_acc", "folders", "validation accuracy after the folder loop", "%", "higher",
+                     baseline_label=label, baseline=[r["val_accuracy"] for r in base],
+                     cnnviz=[r["val_accuracy"] for r in ours], ratio_means=""))
+
     # ---- the whole run
 
     def section_distributed(self) -> None:
@@ -1452,6 +1627,11 @@ def evaluate_targets(rows: Sequence[Row], checks: dict) -> list[dict]:
         add("predict", f"cnnviz predict on {predict.extra['pictures']} picture files, after start-up",
             f">= {TARGETS['predict']:.0f} pictures/s", round(value), value >= TARGETS["predict"],
             f"start-up is {share:.0%} of the whole command")
+    folder = _row(rows, "folder_loop")
+    if folder and folder.ratios():
+        ratio = Stat.of(folder.ratios()).median
+        add("folder_loop", "image folder, epochs 2+ vs torchvision ImageFolder + DataLoader(num_workers=2)",
+            f">= {TARGETS['folder_loop']}×", round(ratio, 3), ratio >= TARGETS["folder_loop"])
     return targets
 
 
@@ -1572,6 +1752,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="Seconds the one-subplot-per-kernel baseline may draw before extrapolating (default 20; 4 with --quick).")
     parser.add_argument("--only", default=None, help=f"Comma-separated sections to run: {', '.join(SECTIONS)}.")
     parser.add_argument("--no-bf16", action="store_true", help="Skip the bf16 training measurement.")
+    parser.add_argument("--folder-images", type=int, default=None,
+                        help="PNGs in the image-folder section (default 10000; 2000 with --quick).")
     parser.add_argument("--quick", action="store_true", help="Fewer images, pairs and budget: a fast sanity run.")
     parser.add_argument("--json", dest="json_out", action="store_true", help="Print the result document as JSON on stdout.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks"),
@@ -1603,6 +1785,7 @@ def options_from(args: argparse.Namespace) -> Options:
         sections=sections,
         bf16=not args.no_bf16,
         quick=quick,
+        folder_images=args.folder_images if args.folder_images is not None else (2000 if quick else 10000),
     )
     if options.limit < 10:
         raise UsageError(f"--limit must be at least 10, got {options.limit}.")

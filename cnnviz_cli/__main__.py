@@ -1,3 +1,4 @@
 from cnnviz_cli.cli import main
 
-main()
+if __name__ == "__main__":  # decoding workers may import this module
+    main()

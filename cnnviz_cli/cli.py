@@ -31,6 +31,7 @@ from cnnviz_cli.training.distributed import worker_error
 COMMANDS = (
     "train",
     "runs",
+    "datasets",
     "evaluate",
     "filters",
     "featuremaps",

@@ -7,6 +7,7 @@ the option and the allowed values, and returns the value, so callers write ``x =
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 
 from cnnviz_cli.errors import ArtifactError, UsageError
@@ -62,6 +63,8 @@ def check_preprocess(preprocess: str) -> str:
 def check_tracker(tracker: str) -> str:
     return check_choice(tracker, TRACKERS, "--to")
 
+AUGMENTATIONS = ("flip", "crop")  # training only: horizontal flip, random crop after 4-pixel zero padding
+FOLDER_ONLY = ("test_fraction", "augment", "image_size", "channels")  # TrainConfig fields of image folders
 
 def check_split(split: str) -> str:
     if split not in SPLITS:
@@ -92,9 +95,24 @@ class ModelConfig:
     kernel_size: int = 5
     num_classes: int = 10
     image_size: int = 28
+    # Per-channel input normalisation (image folders: the training split's statistics); the network
+    # applies it itself, so every command that loads the model applies it too.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(float(v) for v in value)
+                object.__setattr__(self, name, value)
+                if len(value) != self.in_channels:
+                    raise UsageError(f"The input {name} needs {self.in_channels} values, got {len(value)}.")
+        if (self.mean is None) != (self.std is None):
+            raise UsageError("Input normalisation needs both a mean and a standard deviation.")
+        if self.std is not None and min(self.std) <= 0:
+            raise UsageError(f"The input standard deviation must be positive, got {list(self.std)}.")
         if not self.channels or min(self.channels) < 1:
             raise UsageError("The model needs at least one conv layer with a positive channel count.")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
@@ -112,12 +130,24 @@ class ModelConfig:
     def conv_names(self) -> tuple[str, ...]:
         return tuple(f"conv{i + 1}" for i in range(len(self.channels)))
 
+    def preprocessing(self) -> dict:
+        """How pixels become the network's input (recorded in checkpoints)."""
+        if self.mean is None:
+            return dict(PREPROCESSING)
+        return {
+            **PREPROCESSING, "mean": list(self.mean), "std": list(self.std),
+            "normalise": "per channel (x - mean) / std, inside the network",
+        }
+
     @property
     def feature_size(self) -> int:
         return self.image_size // (2 ** len(self.channels))
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if self.mean is None:  # models without normalisation keep the description they always had
+            del data["mean"], data["std"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> ModelConfig:
@@ -144,15 +174,29 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     val_fraction: float = 0.2
+    test_fraction: float = 0.1  # image folders without test/ only
+    augment: tuple[str, ...] = ()
+    image_size: int | None = None  # image folders: the size asked for (None: the folder's default)
+    channels: int | None = None  # image folders: 1 or 3 (None: 3 if any picture is in colour)
     limit: int | None = None
     device: str = "auto"
     precision: str = "fp32"
     keep_checkpoints: str = "all"
     model: ModelConfig = field(default_factory=ModelConfig)
 
+    @property
+    def is_folder(self) -> bool:
+        """The dataset is an image folder (its absolute path) rather than a named IDX dataset."""
+        return self.dataset not in DATASETS
+
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise UsageError(f"Unknown dataset '{self.dataset}'.", f"Choose one of: {', '.join(DATASETS)}.")
+        if self.dataset not in DATASETS and not os.path.isabs(self.dataset):
+            raise UsageError(
+                f"Unknown dataset '{self.dataset}'.", f"Choose one of: {', '.join(DATASETS)}, or a folder's path."
+            )
+        object.__setattr__(self, "augment", tuple(self.augment))
+        for name in self.augment:
+            check_choice(name, AUGMENTATIONS, "--augment")
         if self.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {self.epochs}.")
         check_batch_size(self.batch_size)
@@ -160,6 +204,11 @@ class TrainConfig:
             raise UsageError(f"--lr must be a positive number, got {self.lr}.")
         if not 0.0 < self.val_fraction < 1.0:
             raise UsageError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}.")
+        if not 0.0 <= self.test_fraction < 1.0 or (self.is_folder and self.val_fraction + self.test_fraction >= 1.0):
+            raise UsageError(
+                f"--test-fraction must lie in [0, 1) and leave training images beside --val-fraction, "
+                f"got {self.test_fraction}."
+            )
         if self.limit is not None and self.limit < 2:
             raise UsageError(f"--limit must be at least 2 (one training and one validation image), got {self.limit}.")
         if self.seed < 0:
@@ -178,6 +227,15 @@ class TrainConfig:
         data = asdict(self)
         data["model"] = asdict(self.model)
         data["model"]["channels"] = list(self.model.channels)
+        for name in ("mean", "std"):
+            if data["model"][name] is not None:
+                data["model"][name] = list(data["model"][name])
+        data["augment"] = list(self.augment)
+        if not self.is_folder:  # named datasets keep the options they always recorded
+            for name in FOLDER_ONLY:
+                data.pop(name)
+            if self.model.mean is None:
+                del data["model"]["mean"], data["model"]["std"]
         return data
 
     @classmethod

@@ -281,8 +281,11 @@ def check_data_fits(data: Split, checkpoint: Checkpoint, run_id: str) -> None:
             f"{config.num_classes}.",
             "Use the dataset the run was trained on.",
         )
-    if tuple(data.images.shape[1:]) != (config.image_size, config.image_size):
+    shape = tuple(data.images.shape[1:])
+    shape = (1, *shape) if len(shape) == 2 else shape
+    expected = (config.in_channels, config.image_size, config.image_size)
+    if shape != expected:
         raise DataError(
-            f"The {data.dataset} images are {tuple(data.images.shape[1:])} pixels but run '{run_id}' expects "
-            f"{config.image_size}×{config.image_size}."
+            f"The {data.title} images are {'×'.join(map(str, shape))} (channels×height×width) but run "
+            f"'{run_id}' expects {'×'.join(map(str, expected))}."
         )

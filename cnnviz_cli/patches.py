@@ -100,25 +100,26 @@ class LayerPatches:
 
 
 def crop(image: torch.Tensor, field: ReceptiveField, y: int, x: int) -> torch.Tensor:
-    """The ``size``×``size`` input window of unit (y, x) of ``image`` (H, W); NaN outside the image."""
+    """The ``size``×``size`` input window of unit (y, x) of ``image`` (H, W) or (C, H, W); NaN outside it."""
     import torch
 
     h, w = image.shape[-2:]
     top, left = field.window(y, x)
-    out = torch.full((field.size, field.size), float("nan"), dtype=torch.float32)
+    out = torch.full((*image.shape[:-2], field.size, field.size), float("nan"), dtype=torch.float32)
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + field.size, h), min(left + field.size, w)
     if y1 > y0 and x1 > x0:
-        out[y0 - top : y1 - top, x0 - left : x1 - left] = image[y0:y1, x0:x1].float()
+        out[..., y0 - top : y1 - top, x0 - left : x1 - left] = image[..., y0:y1, x0:x1].float()
     return out
 
 
 def crops_for(images: torch.Tensor, field: ReceptiveField, top: TopK) -> torch.Tensor:
-    """Crops (C, K, size, size) in [0, 1] around every winner in ``top``; ``images`` is (N, H, W) uint8."""
+    """Crops (C, K, size, size) in [0, 1] around every winner in ``top``; ``images`` is (N, H, W) uint8.
+    Colour images (N, 3, H, W) give colour crops (C, K, 3, size, size)."""
     import torch
 
     c, k = top.values.shape
-    out = torch.empty((c, k, field.size, field.size), dtype=torch.float32)
+    out = torch.empty((c, k, *images.shape[1:-2], field.size, field.size), dtype=torch.float32)
     for ch in range(c):
         for rank in range(k):
             image = images[int(top.images[ch, rank])]

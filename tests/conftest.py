@@ -58,3 +58,32 @@ def store_copy(trained_store, tmp_path) -> tuple[Path, str]:
     target = tmp_path / "artifacts"
     shutil.copytree(source, target)
     return target, run_id
+
+
+@pytest.fixture(scope="session")
+def shapes_folder(tmp_path_factory) -> Path:
+    """An image folder of coloured shapes: 3 classes of 20, mixed sizes, plus a truncated PNG, a text
+    file, a palette PNG and a 16-bit gray PNG (tests/helpers.py write_picture_folder)."""
+    from helpers import write_picture_folder
+
+    return write_picture_folder(tmp_path_factory.mktemp("shapes") / "shapes", per_class=20)
+
+
+@pytest.fixture(scope="session")
+def folder_store(tmp_path_factory, shapes_folder, session_cache) -> tuple[Path, str]:
+    """A store with one complete 2-epoch run on ``shapes_folder`` at 24×24 RGB. Read-only."""
+    store = tmp_path_factory.mktemp("folder-store") / "artifacts"
+    old = os.environ.get("CNNVIZ_CACHE_DIR")
+    os.environ["CNNVIZ_CACHE_DIR"] = str(session_cache)
+    try:
+        result = cli("train", "--dataset", shapes_folder, "--epochs", "2", "--image-size", "24",
+                     "--artifacts", store, "--json", "--quiet")
+    finally:
+        if old is None:
+            os.environ.pop("CNNVIZ_CACHE_DIR", None)
+        else:
+            os.environ["CNNVIZ_CACHE_DIR"] = old
+    assert result.exit_code == 0, result.stderr
+    import json
+
+    return store, json.loads(result.stdout)["run_id"]

@@ -105,3 +105,58 @@ def shared_data(name: str) -> Path | None:
         if base and (Path(base) / name).is_dir():
             return Path(base) / name
     return None
+
+
+SHAPE_CLASSES = ("blue_triangles", "green_squares", "red_discs")
+PICTURE_SIZES = ((40, 40), (48, 36), (36, 52), (64, 48), (32, 32))
+
+
+def shape_picture(kind: int, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """An RGB picture of one coloured shape (its class) of random size and place on a random muted,
+    noisy background: shape and colour both tell the classes apart."""
+    background = rng.integers(60, 170, size=3)
+    pixels = background + rng.normal(0, 18, size=(height, width, 3))
+    yy, xx = np.mgrid[0:height, 0:width]
+    side = min(width, height)
+    r = rng.uniform(0.22, 0.34) * side
+    cy = rng.uniform(r + 1, height - r - 1)
+    cx = rng.uniform(r + 1, width - r - 1)
+    if kind == 0:  # triangle pointing up
+        mask = (yy < cy + r) & (yy - (cy - r) > 2 * np.abs(xx - cx))
+    elif kind == 1:
+        mask = (np.abs(yy - cy) < r * 0.85) & (np.abs(xx - cx) < r * 0.85)
+    else:
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+    colour = np.zeros(3)
+    colour[2 - kind] = rng.uniform(200, 255)  # 0 blue, 1 green, 2 red
+    colour[(3 - kind) % 3] = rng.uniform(0, 60)
+    pixels[mask] = colour
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def write_picture_folder(root: Path, per_class: int = 12, seed: int = 0, extras: bool = True) -> Path:
+    """A folder of coloured shapes in the ImageFolder layout (3 classes, mixed sizes, PNG and JPEG), plus
+    with ``extras`` a truncated PNG, a text file, a palette PNG and a 16-bit grayscale PNG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for kind, name in enumerate(SHAPE_CLASSES):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            width, height = PICTURE_SIZES[(i + kind) % len(PICTURE_SIZES)]
+            image = Image.fromarray(shape_picture(kind, width, height, rng))
+            if i % 4 == 3:
+                image.save(folder / f"{name[:-1]}-{i:04d}.jpg", quality=92)
+            else:
+                image.save(folder / f"{name[:-1]}-{i:04d}.png")
+    if extras:
+        good = root / SHAPE_CLASSES[0] / f"{SHAPE_CLASSES[0][:-1]}-0000.png"
+        (root / SHAPE_CLASSES[0] / "broken.png").write_bytes(good.read_bytes()[:200])
+        (root / SHAPE_CLASSES[1] / "notes.txt").write_text("not a picture\n")
+        Image.fromarray(shape_picture(2, 40, 40, rng)).convert("P", palette=Image.Palette.ADAPTIVE).save(
+            root / SHAPE_CLASSES[2] / "palette.png"
+        )
+        gray16 = (shape_picture(1, 44, 40, rng).mean(axis=2) * 257).astype(np.uint16)
+        Image.fromarray(gray16).save(root / SHAPE_CLASSES[1] / "gray16.png")
+    return root

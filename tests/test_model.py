@@ -69,3 +69,18 @@ def test_hooks_see_the_relu_output_at_full_resolution():
 def test_invalid_model_configs_are_refused(kwargs):
     with pytest.raises(UsageError):
         ModelConfig(**kwargs)
+
+
+def test_normalisation_is_the_networks_first_step():
+    """A net with a per-channel mean/std equals the same weights fed (x - mean) / std by hand."""
+    from cnnviz_cli.config import ModelConfig
+    from cnnviz_cli.models.network import Net
+
+    plain_config = ModelConfig(in_channels=3, image_size=12, num_classes=4)
+    normalising = Net(ModelConfig(in_channels=3, image_size=12, num_classes=4, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5)))
+    plain = Net(plain_config)
+    plain.load_state_dict(normalising.state_dict())  # the statistics are config, not weights
+    x = torch.rand(2, 3, 12, 12)
+    manual = (x - torch.tensor([0.5, 0.4, 0.3]).reshape(1, 3, 1, 1)) / torch.tensor([0.2, 0.25, 0.5]).reshape(1, 3, 1, 1)
+    assert torch.allclose(normalising(x), plain(manual), atol=1e-6)
+    assert set(normalising.state_dict()) == set(plain.state_dict())

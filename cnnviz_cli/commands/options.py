@@ -117,3 +117,31 @@ def command_line(ctx: typer.Context) -> list[str]:
         elif value is not None:
             words += [flag, str(value)]
     return words
+
+
+ImageSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--image-size",
+        help="Image folders: side of the square input; pictures are resized on their shorter side and "
+        "centre-cropped. (default: the most common size, at most 64)",
+        show_default=False,
+    ),
+]
+ChannelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--channels", help="Image folders: 1 (gray) or 3 (RGB). (default: 3 if any picture is in colour)",
+        show_default=False,
+    ),
+]
+ValFractionOpt = Annotated[
+    float,
+    typer.Option("--val-fraction", help="Share of the training images held out for validation (per class)."),
+]
+TestFractionOpt = Annotated[
+    float,
+    typer.Option(
+        "--test-fraction", help="Image folders without test/: share of the pictures held out for testing (per class)."
+    ),
+]

@@ -9,11 +9,15 @@ import typer
 
 from cnnviz_cli.commands.options import (
     ArtifactsOpt,
+    ChannelsOpt,
     DataDirOpt,
     DeviceOpt,
+    ImageSizeOpt,
     JsonOpt,
     OfflineOpt,
     QuietOpt,
+    TestFractionOpt,
+    ValFractionOpt,
     command_line,
 )
 
@@ -24,16 +28,34 @@ ROW_FORMAT = "{:>9}  {:>10}  {:>9}  {:>9}  {:>8}  {:>7}"
 
 def main(
     ctx: typer.Context,
-    dataset: Annotated[str, typer.Option("--dataset", help="mnist or fashion-mnist.")] = "mnist",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset", help="mnist, fashion-mnist, or the path of your own image folder (one subfolder per class)."
+        ),
+    ] = "mnist",
     data_dir: DataDirOpt = None,
     offline: OfflineOpt = False,
     epochs: Annotated[int, typer.Option("--epochs", "-e", help="Passes over the training set.")] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per optimisation step.")] = 256,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
     seed: Annotated[int, typer.Option("--seed", help="Seed for weights, split and shuffling (same seed, same run).")] = 0,
-    val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="Share of the training images held out for validation.")
-    ] = 0.2,
+    val_fraction: ValFractionOpt = 0.2,
+    test_fraction: TestFractionOpt = 0.1,
+    image_size: ImageSizeOpt = None,
+    channels: ChannelsOpt = None,
+    augment: Annotated[
+        str | None,
+        typer.Option(
+            "--augment",
+            help="Training-only augmentation, comma-separated: flip (mirror left-right), crop (shift up to 4 "
+            "pixels). (default: none)",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Image folders: show what would be trained on, then stop.")
+    ] = False,
     limit: Annotated[
         int | None, typer.Option("--limit", help="Use only the first N training images (quick runs).")
     ] = None,
@@ -72,21 +94,41 @@ def main(
 ) -> None:
     """Train the CNN and store the run (checkpoints, manifest, history, curves) in a new run folder.
 
+    Your own pictures: --dataset PATH, a folder with one subfolder per class (or train/ and test/,
+    val/ optional, in that layout); see `cnnviz datasets PATH` for what it holds.
+
     Example: cnnviz train --dataset fashion-mnist --epochs 10
 
     Example: cnnviz train --nproc 2 (several processes; see the README for torchrun on several machines)
     """
     from cnnviz_cli.config import ModelConfig, TrainConfig
-    from cnnviz_cli.data.datasets import check_dataset
+    from cnnviz_cli.data.datasets import check_dataset, is_folder
+    from cnnviz_cli.errors import UsageError
     from cnnviz_cli.store.runs import Store
 
+    given = {name for name in ("data_dir", "test_fraction", "image_size", "channels", "augment", "dry_run")
+             if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
+    checked = check_dataset(dataset)
+    folder_only = sorted(given - {"data_dir"})
+    if not is_folder(checked) and folder_only and resume is None:
+        flag = "--" + folder_only[0].replace("_", "-")
+        raise UsageError(f"{flag} applies to image folders (--dataset PATH), not to {checked}.")
+    if is_folder(checked) and "data_dir" in given and ctx.get_parameter_source("data_dir").name == "COMMANDLINE":
+        raise UsageError("--data-dir is for mnist and fashion-mnist; an image folder is given by --dataset PATH.")
+    if dry_run:
+        _dry_run(checked, image_size, channels, val_fraction, test_fraction, seed, json_out, quiet)
+        return
     config = TrainConfig(
-        dataset=check_dataset(dataset),
+        dataset=checked,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
         seed=seed,
         val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        augment=tuple(a.strip() for a in augment.split(",") if a.strip()) if augment else (),
+        image_size=image_size,
+        channels=channels,
         limit=limit,
         device=device,
         precision=precision,
@@ -108,7 +150,7 @@ def main(
     from cnnviz_cli.views import train
 
     options = train.TrainOptions(
-        config, data_dir, offline, resume, ctx.get_parameter_source("epochs").name != "DEFAULT",
+        config, None if is_folder(checked) else data_dir, offline, resume, ctx.get_parameter_source("epochs").name != "DEFAULT",
         tuple(command_line(ctx)), name,
     )
     started = time.perf_counter()
@@ -128,17 +170,49 @@ def main(
         console.emit_json(result.to_json(name, elapsed))
 
 
+def _dry_run(dataset, image_size, channels, val_fraction, test_fraction, seed, json_out, quiet) -> None:
+    from cnnviz_cli import console
+    from cnnviz_cli.commands.datasets import print_folder
+    from cnnviz_cli.data.datasets import describe_folder, is_folder
+    from cnnviz_cli.errors import UsageError
+
+    if not is_folder(dataset):
+        raise UsageError("--dry-run shows what an image folder holds; pass --dataset PATH.")
+    with console.StepPhases(quiet) as phase:
+        found = describe_folder(
+            dataset, image_size, channels, val_fraction, test_fraction, seed,
+            lambda stage, done, total: phase(f"{stage} pictures")(done, total),
+        )
+    if not quiet:
+        print_folder(found)
+        console.info("Dry run: nothing was trained or stored.")
+    if json_out:
+        console.emit_json({"dry_run": True, "folder": found})
+
+
 def _summary(result, elapsed: float, name: str | None):
     from cnnviz_cli.console import fmt_pct, table
 
     final = result.final
+    folder = result.folder
+    if folder is not None:
+        size, kind = folder["image_size"], "RGB" if folder["channels"] == 3 else "gray"
+        described = (f"{folder['path']}: {len(folder['classes'])} classes, {size}×{size} {kind} "
+                     f"({result.train_size} train / {result.val_size} validation images)")
+    else:
+        described = f"{result.config.dataset} ({result.train_size} train / {result.val_size} validation images)"
     rows = [
         ("run", result.run_id + (f" ({name})" if name else "")),
-        ("dataset", f"{result.config.dataset} ({result.train_size} train / {result.val_size} validation images)"),
+        ("dataset", described),
         ("epochs", str(len(result.history))),
         ("final validation accuracy", fmt_pct(final["val_accuracy"])),
         ("best validation accuracy", fmt_pct(result.best_val_accuracy)),
         ("final validation loss", f"{final['val_loss']:.4f}"),
+        *(
+            [("unreadable pictures", f"{len(folder['unreadable'])} skipped (listed in the manifest and --json)")]
+            if folder is not None and folder["unreadable"] else []
+        ),
+        *([("augmentation", ", ".join(result.config.augment))] if result.config.augment else []),
         ("checkpoint", str(result.checkpoint)),
         ("time", f"{elapsed:.1f} s on {result.device}"),
     ]
@@ -160,9 +234,11 @@ def _make_progress(quiet: bool):
             self.bar = None
             self.epochs = 0
             self._last_quarter = -1
+            self.phases = console.StepPhases(quiet)
 
         def start(self, run_id: str, first_epoch: int, epochs: int, batches_per_epoch: int) -> None:
             self.epochs = epochs
+            self.phases.__exit__(None, None, None)
             if quiet:
                 return
             resumed = f", resuming at epoch {first_epoch}" if first_epoch > 1 else ""
@@ -203,7 +279,11 @@ def _make_progress(quiet: bool):
                 if row["epoch"] < self.epochs:
                     self.bar.reset(self.batch_task, description=f"epoch {row['epoch'] + 1}")
 
+        def data(self, stage: str, done: int, total: int) -> None:
+            self.phases.phase(f"{stage} pictures")(done, total)
+
         def close(self) -> None:
+            self.phases.__exit__(None, None, None)
             if self.bar is not None:
                 self.bar.__exit__(None, None, None)
                 self.bar = None

@@ -50,22 +50,43 @@ class Split:
 
     dataset: str
     name: str
-    images: torch.Tensor
+    images: torch.Tensor  # (N, H, W) for IDX datasets, (N, C, H, W) for image folders
     labels: torch.Tensor
     source: str
+    class_names: tuple[str, ...] | None = None  # image folders: the class folders' names
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return CLASS_NAMES[self.dataset]
+        return self.class_names if self.class_names is not None else CLASS_NAMES[self.dataset]
+
+    @property
+    def title(self) -> str:
+        """A short name for pictures and messages (a folder's own name, not its whole path)."""
+        return self.dataset if self.dataset in CLASS_NAMES else Path(self.dataset).name
+
+
+def is_folder(dataset: str) -> bool:
+    """``dataset`` (as ``check_dataset`` returns it) is an image folder's path, not a named dataset."""
+    return dataset not in CLASS_NAMES
 
 
 def check_dataset(dataset: str) -> str:
-    if dataset not in CLASS_NAMES:
-        raise UsageError(f"Unknown dataset '{dataset}'.", f"Choose one of: {', '.join(CLASS_NAMES)}.")
-    return dataset
+    """A dataset's name, or an image folder's absolute path (for ``--dataset PATH``)."""
+    if dataset in CLASS_NAMES:
+        return dataset
+    path = Path(dataset).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if path.exists():
+        raise DataError(f"--dataset {dataset} is a file, not a folder.", "Pass a folder with one subfolder per class.")
+    if os.sep in dataset or "/" in dataset or dataset.startswith("."):
+        raise DataError(f"The folder {dataset} does not exist.", "Pass a folder with one subfolder per class.")
+    raise UsageError(
+        f"Unknown dataset '{dataset}'.", f"Choose one of: {', '.join(CLASS_NAMES)}, or the path of an image folder."
+    )
 
 
 def candidate_dirs(dataset: str, data_dir: Path | None) -> list[Path]:
@@ -209,10 +230,19 @@ def load_split(
     val_fraction: float = 0.2,
     seed: int = 0,
     limit: int | None = None,
+    test_fraction: float = 0.1,
+    image_size: int | None = None,
+    channels: int | None = None,
 ) -> Split:
-    """One of 'train', 'val' (both carved from the training files as a run made them) or 'test'."""
+    """One of 'train', 'val' (both carved from the training files as a run made them) or 'test'.
+
+    For an image folder, ``image_size`` and ``channels`` choose the decoded form (None: the folder's
+    defaults) and ``test_fraction`` carves the test split when the folder has no ``test/``.
+    """
     if split not in SPLITS:
         raise UsageError(f"Unknown split '{split}'.", f"Choose one of: {', '.join(SPLITS)}.")
+    if is_folder(dataset) and os.path.isabs(dataset):  # check_dataset gives folders as absolute paths
+        return load_folder_split(dataset, split, val_fraction, test_fraction, seed, image_size, channels)
     if split == "test":
         return load_raw_split(dataset, "test", data_dir, offline)
     full = load_raw_split(dataset, "train", data_dir, offline)
@@ -226,11 +256,76 @@ def load_split(
     return Split(dataset, split, images[idx].contiguous(), labels[idx].contiguous(), full.source)
 
 
+def load_folder_data(
+    dataset: str, image_size: int | None = None, channels: int | None = None, on_progress=None
+):
+    """An image folder decoded (or read from the cache) at ``image_size`` and ``channels``; None picks the
+    folder's defaults. ``on_progress(stage, done, total)`` with stage 'reading' or 'decoding'."""
+    from cnnviz_cli.data import folders
+
+    folders.check_image_options(image_size, channels)
+    scan = folders.scan_folder(Path(dataset))
+    if image_size is None or channels is None:
+        info = folders.probe_folder(scan, _stage(on_progress, "reading"))
+        image_size = image_size or folders.default_image_size(info)
+        channels = channels or folders.default_channels(info)
+    return folders.decode_folder(scan, image_size, channels, _stage(on_progress, "decoding"))
+
+
+def _stage(on_progress, stage: str):
+    return None if on_progress is None else (lambda done, total: on_progress(stage, done, total))
+
+
+def describe_folder(
+    path: str,
+    image_size: int | None = None,
+    channels: int | None = None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    on_progress=None,
+) -> dict:
+    """What an image folder holds and the split training would make (``folders.summary``), decoding
+    it into the cache on the way."""
+    from cnnviz_cli.data import folders
+
+    dataset = check_dataset(path)
+    if not is_folder(dataset):
+        raise UsageError(f"{path} is a named dataset; `datasets` describes image folders.", "Pass a folder's path.")
+    data = load_folder_data(dataset, image_size, channels, on_progress)
+    splits = folders.split_folder(data, val_fraction, test_fraction, seed)
+    return folders.summary(data, splits, folders.probe_folder(data.scan))
+
+
+def load_folder_split(
+    dataset: str,
+    split: str,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    image_size: int | None,
+    channels: int | None,
+) -> Split:
+    """One split of an image folder, images (N, C, S, S) uint8, split as ``folders.split_folder`` does."""
+    from cnnviz_cli.data import folders
+
+    data = load_folder_data(dataset, image_size, channels)
+    rows = folders.split_folder(data, val_fraction, test_fraction, seed).rows(split)
+    if len(rows) == 0:
+        raise DataError(
+            f"The image folder {dataset} has no {split} split (no {split}/ folder, and its fraction is 0).",
+            "Choose another split with --split.",
+        )
+    return Split(dataset, split, data.images[rows], data.labels[rows], dataset, data.classes)
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W) -> float32 (N, 1, H, W) in [0, 1], the tutorial's ToTensor() scaling."""
+    """uint8 (N, H, W) or (N, C, H, W) -> float32 (N, C, H, W) in [0, 1], the tutorial's ToTensor() scaling."""
     import torch
 
-    return images.unsqueeze(1).to(torch.float32).div_(255.0)
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    return images.to(torch.float32).div_(255.0)
 
 
 def run_split(
@@ -244,14 +339,27 @@ def run_split(
     """A split of the run's dataset; 'train' and 'val' are carved exactly as the run's training did.
 
     Without ``data_dir``, the folder the run was trained from (if it still exists) is tried first.
+    An image-folder run's splits are made from its folder with its own size, channels and fractions.
     """
     options = manifest.get("options") or {}
     run_dataset = manifest.get("dataset") or "mnist"
     remembered = manifest.get("data_dir")
-    if data_dir is None and remembered and (dataset in (None, run_dataset)) and Path(remembered).is_dir():
+    dataset = check_dataset(dataset) if dataset is not None else run_dataset
+    if is_folder(dataset):
+        model = options.get("model") or {}
+        return load_split(
+            dataset,
+            split,
+            val_fraction=float(options.get("val_fraction", 0.2)),
+            test_fraction=float(options.get("test_fraction", 0.1)),
+            seed=int(options.get("seed", 0)),
+            image_size=model.get("image_size"),
+            channels=model.get("in_channels"),
+        )
+    if data_dir is None and remembered and dataset == run_dataset and Path(remembered).is_dir():
         data_dir = Path(remembered)
     return load_split(
-        check_dataset(dataset or run_dataset),
+        dataset,
         split,
         data_dir,
         offline,

@@ -38,14 +38,14 @@ def from_split(split: Split, spec: str) -> InputImage:
     index = int(spec)
     if not 0 <= index < len(split):
         raise UsageError(
-            f"Image index {index} is outside the {split.name} split of {split.dataset}.",
+            f"Image index {index} is outside the {split.name} split of {split.title}.",
             f"Use an index from 0 to {len(split) - 1}.",
         )
     label = int(split.labels[index])
     return InputImage(
         tensor=to_float(split.images[index : index + 1]),
         label=label,
-        description=f"{split.dataset} {split.name} image {index} (label {split.classes[label]})",
+        description=f"{split.title} {split.name} image {index} (label {split.classes[label]})",
         provenance={"kind": "index", "dataset": split.dataset, "split": split.name, "index": index, "label": label},
     )
 
@@ -83,13 +83,38 @@ def from_file(
 
 
 def save_input(image: InputImage, path: Path) -> Path:
-    """What the network saw, pixel for pixel: the input as an 8-bit grayscale PNG."""
+    """What the network saw, pixel for pixel: the input as an 8-bit grayscale (or RGB) PNG."""
     import numpy as np
     from PIL import Image
 
-    pixels = image.tensor[0, 0].numpy()
-    Image.fromarray(np.round(pixels * 255).astype(np.uint8), mode="L").save(path)
+    pixels = np.round(image.tensor[0].numpy() * 255).astype(np.uint8)
+    if pixels.shape[0] == 3:
+        Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), mode="RGB").save(path)
+    else:
+        Image.fromarray(pixels[0], mode="L").save(path)
     return path
+
+
+def from_folder_file(path: Path, *, size: int, channels: int, mean=None, std=None) -> InputImage:
+    """A picture file prepared like an image folder's training pictures: resized on its shorter side,
+    centre-cropped, scaled to [0, 1]; the network then normalises it by the run's statistics."""
+    import torch
+
+    from cnnviz_cli.data.folders import fit_picture
+    from cnnviz_cli.store.runs import sha256_file
+
+    pixels, notes = fit_picture(str(path), size, channels)
+    notes = [*notes, "scaled pixels to [0, 1]"]
+    if mean is not None:
+        shown = ", ".join(f"{m:.3f}/{s:.3f}" for m, s in zip(mean, std, strict=True))
+        notes.append(f"normalised per channel by the training split's mean/std ({shown}) inside the network")
+    return InputImage(
+        tensor=torch.from_numpy(pixels).to(torch.float32).div(255.0).unsqueeze(0),
+        label=None,
+        description=f"{path.name}",
+        provenance={"kind": "file", "path": str(path), "sha256": sha256_file(path), "invert": False},
+        notes=notes,
+    )
 
 
 def resolve_image(
@@ -121,5 +146,17 @@ def resolve_image(
         raise UsageError(
             f"--image '{spec}' is neither an image index nor an existing picture file.",
             "Pass an index such as 7, or the path of a PNG or JPEG file.",
+        )
+    from cnnviz_cli.data.datasets import is_folder
+
+    if is_folder(manifest.get("dataset") or "mnist"):
+        if invert or preprocess not in (None, "dataset"):
+            raise UsageError(
+                "Image-folder runs take pictures as their training pictures were made (shorter side resized, "
+                "centre crop).", "Drop --invert and --preprocess."
+            )
+        model = (manifest.get("options") or {}).get("model") or {}
+        return from_folder_file(
+            path, size=size, channels=int(model.get("in_channels", 3)), mean=model.get("mean"), std=model.get("std")
         )
     return from_file(path, size=size, invert=invert, preprocess=preprocess, recipe=run_recipe(manifest))

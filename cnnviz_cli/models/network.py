@@ -26,6 +26,11 @@ class Net(nn.Module):
             self.add_module(f"pool{i}", nn.MaxPool2d(2))
             in_ch = out_ch
         self.fc = nn.Linear(in_ch * self.config.feature_size**2, self.config.num_classes)
+        if self.config.mean is not None:
+            # Not persistent: the values live in the config, so checkpoints keep their tensor names.
+            shape = (1, self.config.in_channels, 1, 1)
+            self.register_buffer("input_mean", torch.tensor(self.config.mean).reshape(shape), persistent=False)
+            self.register_buffer("input_std", torch.tensor(self.config.std).reshape(shape), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -51,6 +56,8 @@ class Net(nn.Module):
         return {stage: getattr(self, f"{stage}{index}") for stage in STAGES}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.mean is not None:
+            x = (x - self.input_mean) / self.input_std
         for i in range(1, len(self.config.channels) + 1):
             conv, relu, pool = (getattr(self, f"{stage}{i}") for stage in STAGES)
             x = conv(x)

@@ -50,3 +50,37 @@ def text_width(text: str, size: float) -> int:
     return int(
         max(renderer.get_text_width_height_descent(line, font, ismath=False)[0] for line in text.split("\n"))
     )
+
+
+def picture_array(image):
+    """An image tensor or array as ``imshow`` takes it: (H, W) for one channel, (H, W, 3) for colour.
+
+    Accepts (H, W), (C, H, W) or (1, C, H, W) with C = 1 or 3, floats in [0, 1] or uint8.
+    """
+    import numpy as np
+
+    pixels = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    while pixels.ndim > 3:
+        pixels = pixels[0]
+    if pixels.ndim == 3:
+        pixels = pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
+    if pixels.dtype == np.uint8:
+        return pixels
+    return np.clip(pixels, 0.0, 1.0)
+
+
+def show_picture(ax, image, **kwargs):
+    """``imshow`` of a gray or colour picture (see ``picture_array``) with its natural range."""
+    pixels = picture_array(image)
+    if pixels.ndim == 2:
+        kwargs.setdefault("cmap", "gray")
+        kwargs.setdefault("vmin", 0)
+        kwargs.setdefault("vmax", 255 if pixels.dtype.kind == "u" else 1.0)
+    kwargs.setdefault("interpolation", "nearest")
+    return ax.imshow(pixels, **kwargs)
+
+
+def short_label(name: str, limit: int = 14) -> str:
+    """A class name short enough for a tick label or a caption (whole names stay in the JSON)."""
+    name = str(name)
+    return name if len(name) <= limit else name[: limit - 1].rstrip() + "…"

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.plots.common import new_figure
+from cnnviz_cli.plots.common import new_figure, short_label, show_picture
 
 if TYPE_CHECKING:
     import torch
@@ -70,7 +70,7 @@ def mistakes_figure(
     title: str,
     columns: int = 6,
 ) -> Figure:
-    """A grid of images (uint8 N×H×W), each captioned with its index, true class, prediction and probability."""
+    """A grid of images (uint8 N×H×W or N×C×H×W), each captioned with its index, true class, prediction and probability."""
     n = len(indices)
     if n == 0:
         figure = new_figure(6, 1.6)
@@ -86,14 +86,14 @@ def mistakes_figure(
         if slot >= n:
             ax.set_visible(False)
             continue
-        ax.imshow(pixels[slot], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        show_picture(ax, pixels[slot])
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_color(WRONG_COLOUR)
             spine.set_linewidth(1.2)
-        ax.set_title(f"#{indices[slot]}  true: {labels[slot]}", fontsize=8.5, pad=3)
-        ax.set_xlabel(f"pred: {predictions[slot]} {probabilities[slot]:.1%}", fontsize=8.5, color=WRONG_COLOUR, labelpad=3)
+        ax.set_title(f"#{indices[slot]}  true: {short_label(labels[slot])}", fontsize=8.5, pad=3)
+        ax.set_xlabel(f"pred: {short_label(predictions[slot])} {probabilities[slot]:.1%}", fontsize=8.5, color=WRONG_COLOUR, labelpad=3)
     figure.suptitle(title, fontsize=11)
     return figure
 
@@ -103,10 +103,10 @@ def class_matrix_axes(ax, classes: Sequence[str], *, rotate: bool) -> None:
     k = len(classes)
     ticks = list(range(k))
     if rotate:
-        ax.set_xticks(ticks, labels=[str(c) for c in classes], rotation=40, ha="right", rotation_mode="anchor")
+        ax.set_xticks(ticks, labels=[short_label(c) for c in classes], rotation=40, ha="right", rotation_mode="anchor")
     else:
-        ax.set_xticks(ticks, labels=[str(c) for c in classes])
-    ax.set_yticks(ticks, labels=[str(c) for c in classes])
+        ax.set_xticks(ticks, labels=[short_label(c) for c in classes])
+    ax.set_yticks(ticks, labels=[short_label(c) for c in classes])
     ax.tick_params(length=0, labelsize=9.5)
     ax.set_xlabel("predicted class", fontsize=10.5)
     ax.set_ylabel("true class", fontsize=10.5)

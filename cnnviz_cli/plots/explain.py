@@ -24,12 +24,14 @@ def _scale(values, signed: bool) -> tuple[float, float]:
 
 
 def explain_figure(image: torch.Tensor, attributions: Sequence[Attribution], title: str, row_titles: Sequence[str]) -> Figure:
-    """``image`` is (H, W) in [0, 1]; each row shows it, one attribution map and the map over it."""
+    """``image`` is (H, W) or (C, H, W) in [0, 1]; each row shows it, one attribution map and the map over
+    it (gray or in colour, as the picture is)."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.ticker import FuncFormatter
 
-    pixels = image.detach().cpu().numpy()
+    from cnnviz_cli.plots.common import show_picture
+
     rows = len(attributions)
     figure = new_figure(8.4, 2.55 * rows + 0.45)
     axes = np.atleast_2d(figure.subplots(rows, 3))
@@ -38,7 +40,7 @@ def explain_figure(image: torch.Tensor, attributions: Sequence[Attribution], tit
         vmin, vmax = _scale(values, attribution.signed)
         cmap = SIGNED_CMAP if attribution.signed else UNSIGNED_CMAP
         ax_in, ax_map, ax_over = axes[row]
-        ax_in.imshow(pixels, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        show_picture(ax_in, image)
         ax_in.set_title("input", fontsize=9)
         ax_in.set_ylabel(attribution.method, fontsize=10, fontweight="bold")
         shown = ax_map.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
@@ -49,7 +51,7 @@ def explain_figure(image: torch.Tensor, attributions: Sequence[Attribution], tit
         # Overlay: the map's colour, opaque where the attribution is strong, transparent where it is ~0.
         colours = colormaps[cmap]((values - vmin) / (vmax - vmin))
         colours[..., 3] = np.clip(np.abs(values) / max(abs(vmin), abs(vmax)), 0, 1) * 0.85
-        ax_over.imshow(pixels, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        show_picture(ax_over, image)
         ax_over.imshow(colours, interpolation="nearest")
         ax_over.set_title("overlay", fontsize=9)
         for ax in (ax_in, ax_map, ax_over):

@@ -88,14 +88,9 @@ def _draw_grid(ax, tiled: TiledMaps, cmap_name: str, vmin: float, vmax: float, l
 
 
 def _draw_input(ax, image: torch.Tensor) -> None:
-    ax.imshow(
-        image.reshape(image.shape[-2], image.shape[-1]).numpy(),
-        cmap="gray",
-        vmin=0.0,
-        vmax=1.0,
-        interpolation="nearest",
-        aspect="auto",
-    )
+    from cnnviz_cli.plots.common import show_picture
+
+    show_picture(ax, image, aspect="auto")
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():

@@ -34,7 +34,8 @@ def patches_figure(patches: LayerPatches, title: str) -> Figure:
     crops = patches.crops.numpy()
     values = patches.top.values.numpy()
     images = patches.top.images.numpy()
-    channels, k, size = crops.shape[0], crops.shape[1], crops.shape[2]
+    channels, k, size = crops.shape[0], crops.shape[1], crops.shape[-1]
+    colour = crops.ndim == 5  # (C, K, 3, size, size)
     scale = _tile_scale(size)
     tile = size * scale
     blocks = math.ceil(channels / ROWS_PER_BLOCK)
@@ -52,8 +53,12 @@ def patches_figure(patches: LayerPatches, title: str) -> Figure:
         y0 = row * cell_h
         for rank in range(k):
             big = np.kron(crops[ch, rank], np.ones((scale, scale), dtype=np.float32))
-            rgb = gray(np.nan_to_num(big, nan=0.0))[..., :3]
-            rgb[np.isnan(big)] = OUTSIDE
+            if colour:
+                rgb = np.moveaxis(np.nan_to_num(big, nan=0.0), 0, -1)
+                rgb[np.isnan(big[0])] = OUTSIDE
+            else:
+                rgb = gray(np.nan_to_num(big, nan=0.0))[..., :3]
+                rgb[np.isnan(big)] = OUTSIDE
             if values[ch, rank] <= 0:
                 rgb = 0.25 * rgb + 0.75  # the channel never fired on this image: its position is arbitrary
             left = x0 + rank * cell_w

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.config import MODEL_FILE, PREPROCESSING, ModelConfig
+from cnnviz_cli.config import MODEL_FILE, ModelConfig
 from cnnviz_cli.errors import ArtifactError, UsageError
 from cnnviz_cli.store.runs import Run, atomic_write, sha256_file
 
@@ -47,7 +47,7 @@ def save_checkpoint(
         "model_config": model.config.to_json(),
         "dataset": dataset,
         "classes": json.dumps(list(classes)),
-        "preprocessing": json.dumps(PREPROCESSING),
+        "preprocessing": json.dumps(model.config.preprocessing()),
         "epoch": str(epoch),
         "run_id": run_id,
     }

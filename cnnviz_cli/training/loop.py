@@ -40,6 +40,8 @@ def train_epoch(
     on_batch: BatchCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     comm: Comm | None = None,
+    rows: torch.Tensor | None = None,
+    augment: tuple[str, ...] = (),
 ) -> EpochStats | None:
     """One pass over ``images`` (float, on the model's device) in shuffled batches; None if stopped early.
 
@@ -49,11 +51,18 @@ def train_epoch(
     draws the same permutation and takes its own contiguous part of each global batch; its loss is
     scaled so that DDP's average of the ranks' gradients is the gradient of the whole batch's mean
     loss, as one process computes it. The ranks agree before each batch whether to stop.
+
+    ``images`` may also be uint8 pixels (e.g. a memory-mapped cache, N×C×H×W): then each batch is
+    scaled to [0, 1] as it is gathered, and ``rows`` (if given) says which images form the training set.
+    ``augment`` ('flip', 'crop') changes each batch with the same ``generator``.
     """
     model.train()
     device = images.device
-    n = images.shape[0]
-    order = torch.randperm(n, generator=generator).to(device)
+    n = images.shape[0] if rows is None else rows.shape[0]
+    order = torch.randperm(n, generator=generator)
+    if rows is not None:
+        order = rows.index_select(0, order)
+    order = order.to(device)
     batches = (n + batch_size - 1) // batch_size
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -68,6 +77,10 @@ def train_epoch(
             if processes > 1:
                 idx = comm.shard(idx)
             data, target = images.index_select(0, idx), labels.index_select(0, idx)
+            if data.dtype == torch.uint8:
+                data = data.to(labels.device, torch.float32).div_(255.0)
+            if augment:
+                data = augment_batch(data, augment, generator)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, precision):
                 output = model(data)
@@ -87,6 +100,29 @@ def train_epoch(
         comm.sum_(total_loss)
         comm.sum_(correct)
     return EpochStats(float(total_loss) / n, int(correct) / n)
+
+
+CROP_PADDING = 4
+
+
+def augment_batch(data: torch.Tensor, augment: tuple[str, ...], generator: torch.Generator) -> torch.Tensor:
+    """Training-only changes to a float batch (N, C, H, W): 'flip' mirrors a random half left to right,
+    'crop' shifts each image by up to 4 pixels (a random crop of the zero-padded image)."""
+    n, _, height, width = data.shape
+    if "flip" in augment:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(data.device)
+        data = torch.where(flip[:, None, None, None], data.flip(3), data)
+    if "crop" in augment:
+        pad = CROP_PADDING
+        padded = F.pad(data, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(data.device)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(data.device)
+        ys = (dy[:, None] + torch.arange(height, device=data.device))[:, None, :, None]
+        xs = (dx[:, None] + torch.arange(width, device=data.device))[:, None, None, :]
+        batch = torch.arange(n, device=data.device)[:, None, None, None]
+        channel = torch.arange(data.shape[1], device=data.device)[None, :, None, None]
+        data = padded[batch, channel, ys, xs]
+    return data.contiguous()
 
 
 def predict_logits(

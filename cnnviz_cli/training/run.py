@@ -58,6 +58,9 @@ class TrainProgress:
     def epoch(self, row: dict) -> None:
         """An epoch has finished and its checkpoint is stored; ``row`` is its history entry."""
 
+    def data(self, stage: str, done: int, total: int) -> None:
+        """An image folder is being read ('reading' headers) or decoded ('decoding'): ``done`` of ``total``."""
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -72,6 +75,7 @@ class TrainResult:
     val_size: int
     device: str
     resumed_from_epoch: int
+    folder: dict | None = None  # image folders: what was found (see ``folder_summary``)
 
     def to_json(self, name: str | None, seconds: float) -> dict:
         """The --json document of `cnnviz train`; ``seconds`` is the command's wall time."""
@@ -82,6 +86,7 @@ class TrainResult:
             "checkpoint": str(self.checkpoint),
             "status": "complete",
             "dataset": self.config.dataset,
+            **({"folder": self.folder} if self.folder is not None else {}),
             "device": self.device,
             "train_size": self.train_size,
             "val_size": self.val_size,
@@ -250,15 +255,20 @@ def _train_run(
         run, history = None, []
     check_batch_divides(config.batch_size, comm.size)
 
-    train = load_split(
-        config.dataset, "train", data_dir, offline,
-        val_fraction=config.val_fraction, seed=config.seed, limit=config.limit,
-    )
-    val = load_split(
-        config.dataset, "val", data_dir, offline,
-        val_fraction=config.val_fraction, seed=config.seed, limit=config.limit,
-    )
-    classes = CLASS_NAMES[config.dataset]
+    folder = None
+    if config.is_folder:
+        config, folder, train, val = _folder_splits(config, progress)
+        classes = folder["classes"]
+    else:
+        train = load_split(
+            config.dataset, "train", data_dir, offline,
+            val_fraction=config.val_fraction, seed=config.seed, limit=config.limit,
+        )
+        val = load_split(
+            config.dataset, "val", data_dir, offline,
+            val_fraction=config.val_fraction, seed=config.seed, limit=config.limit,
+        )
+        classes = CLASS_NAMES[config.dataset]
     check_enough_images(len(train), comm.size, "training")
     if comm.any(stop()):
         raise Interrupted("Training was interrupted before it started; nothing was stored.")
@@ -279,7 +289,8 @@ def _train_run(
                 "train_size": len(train),
                 "val_size": len(val),
                 "classes": list(classes),
-                "pictures": {"recipe": recipe_for(config.dataset)},
+                "pictures": {"recipe": "folder" if folder is not None else recipe_for(config.dataset)},
+                **({"folder": folder} if folder is not None else {}),
                 "versions": _versions(),
                 **({"distributed": comm.record()} if comm.size > 1 else {}),
                 "history": [],
@@ -295,7 +306,13 @@ def _train_run(
     model = comm.wrap(net)
 
     start_epoch = len(history) + 1
-    train_x, train_y = to_float(train.images).to(device), train.labels.to(device)
+    if folder is not None:
+        # the memory-mapped pixels stay uint8; each batch is gathered from them and scaled on its own
+        train_x, train_y, train_rows = train.images, train.labels.to(device), train.rows
+        if device.type != "cpu":
+            train_x = train_x.to(device)
+    else:
+        train_x, train_y, train_rows = to_float(train.images).to(device), train.labels.to(device), None
     val_x, val_y = to_float(val.images), val.labels
     batches = (len(train) + config.batch_size - 1) // config.batch_size
     progress.start(run.id, start_epoch, config.epochs, batches)
@@ -312,6 +329,8 @@ def _train_run(
                 on_batch=lambda done, total, e=epoch: progress.batch(e, done, total),
                 should_stop=stop,
                 comm=comm if comm.size > 1 else None,
+                rows=train_rows,
+                augment=config.augment,
             )
             if stats is None:
                 stopped = True
@@ -361,6 +380,7 @@ def _train_run(
         val_size=len(val),
         device=str(device),
         resumed_from_epoch=start_epoch - 1 if resume else 0,
+        folder=folder,
     )
 
 
@@ -445,3 +465,42 @@ def _resume_state(run: Run, done: int) -> tuple[dict[str, torch.Tensor], dict[st
     weights, _ = load_checkpoint(run.verified_file(epoch_checkpoint(done)), "cpu")
     opt_tensors, _ = read_tensors(run.verified_file(optimizer_checkpoint(done)))
     return weights.state_dict(), opt_tensors
+
+
+@dataclass(frozen=True)
+class _FolderTrainSet:
+    """The training split of an image folder: all decoded pixels (memory-mapped) and the rows to use."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    rows: torch.Tensor
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+
+def _folder_splits(config: TrainConfig, progress: TrainProgress):
+    """Decode (or map) the folder, fit the model to it and split it: (config, folder summary, train, val)."""
+    from cnnviz_cli.data import folders
+    from cnnviz_cli.data.datasets import Split, load_folder_data
+
+    data = load_folder_data(config.dataset, config.image_size, config.channels, progress.data)
+    splits = folders.split_folder(data, config.val_fraction, config.test_fraction, config.seed)
+    train_rows = splits.train if config.limit is None else splits.train[: config.limit]
+    if len(splits.val) == 0:
+        raise UsageError(
+            f"The image folder {config.dataset} gives no validation pictures.",
+            "Use --val-fraction above 0, or add a val/ folder.",
+        )
+    mean, std = folders.channel_stats(data.images, train_rows)
+    model = replace(
+        config.model,
+        in_channels=data.channels, image_size=data.image_size, num_classes=len(data.classes), mean=mean, std=std,
+    )
+    config = replace(config, image_size=data.image_size, channels=data.channels, model=model)
+    summary = folders.summary(data, splits)
+    summary["mean"], summary["std"] = mean, std
+    train = _FolderTrainSet(data.images, data.labels, train_rows, config.dataset)
+    val = Split(config.dataset, "val", data.images[splits.val], data.labels[splits.val], config.dataset, data.classes)
+    return config, summary, train, val

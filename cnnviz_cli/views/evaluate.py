@@ -56,8 +56,12 @@ class EvaluateOptions:
 
 def section_name(split: str, dataset: str, run_dataset: str) -> str:
     """'evaluation' for the run's own test set; other splits and datasets get their own folder."""
+    from cnnviz_cli.config import DATASETS
+
     name = "evaluation" if split == "test" else f"evaluation-{split}"
-    return name if dataset == run_dataset else f"{name}-{dataset}"
+    # an image folder's path would make nested folders: its own name stands for it
+    shown = dataset if dataset in DATASETS else Path(dataset).name
+    return name if dataset == run_dataset else f"{name}-{shown}"
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ class SaliencyMethod(AttributionMethod):
     def attribute(self, x, target):
         from captum.attr import Saliency
 
-        return Saliency(self.model).attribute(x, target=target, abs=True)[0, 0], {}
+        # colour: a pixel's saliency is its strongest channel's
+        return Saliency(self.model).attribute(x, target=target, abs=True)[0].amax(dim=0), {}
 
 
 class IntegratedGradientsMethod(AttributionMethod):
@@ -117,7 +118,10 @@ class IntegratedGradientsMethod(AttributionMethod):
         values, delta = IntegratedGradients(self.model).attribute(
             x, baselines=torch.zeros_like(x), target=target, n_steps=self.steps, return_convergence_delta=True
         )
-        return values[0, 0], {"baseline": "zeros", "n_steps": self.steps, "convergence_delta": float(delta.item())}
+        # colour: a pixel's share is the sum of its channels' (the shares still add up to the score change);
+        # one channel is taken as it is (a sum would turn its -0.0 into 0.0)
+        values = values[0, 0] if values.shape[1] == 1 else values[0].sum(dim=0)
+        return values, {"baseline": "zeros", "n_steps": self.steps, "convergence_delta": float(delta.item())}
 
 
 class OcclusionMethod(AttributionMethod):
@@ -131,7 +135,7 @@ class OcclusionMethod(AttributionMethod):
 
         values = Occlusion(self.model).attribute(
             x,
-            sliding_window_shapes=(1, self.window, self.window),
+            sliding_window_shapes=(x.shape[1], self.window, self.window),  # every channel at once
             strides=(1, 1, 1),
             baselines=0.0,
             target=target,
@@ -444,7 +448,7 @@ def write(run: Run, result: ExplainResult) -> list[Path]:
 
     relpaths = result.relpaths()
     title, row_titles = result.titles()
-    figure = explain_figure(result.picture.tensor[0, 0], result.explanation.attributions, title, row_titles)
+    figure = explain_figure(result.picture.tensor[0], result.explanation.attributions, title, row_titles)
     with run.outputs(result.section, record=result.record()) as staging:
         staging.write_bytes(relpaths["figure"], png_bytes(figure), kind="figure")
         if relpaths["input"]:

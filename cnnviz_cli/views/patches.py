@@ -145,7 +145,7 @@ def write(run: Run, result: PatchesResult) -> list[Path]:
         for layer in result.layers:
             field = layer.field
             title = (
-                f"{layer.layer} (ReLU): the {result.top} {data.dataset} {data.name} images that excite each channel "
+                f"{layer.layer} (ReLU): the {result.top} {data.title} {data.name} images that excite each channel "
                 f"most, run {run.id}\n"
                 f"tile: the {field.size}×{field.size} px field (jump {field.jump}) of the strongest unit · "
                 "caption: #image activation · pale blue: outside the image"

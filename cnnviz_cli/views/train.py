@@ -48,7 +48,8 @@ def final_files(run_id: str, config: TrainConfig, history: list[dict]) -> dict[s
     from cnnviz_cli.plots.common import png_bytes
     from cnnviz_cli.plots.train import training_curves
 
-    title = f"Run {run_id}: {config.dataset}, {len(history)} epochs, seed {config.seed}"
+    shown = Path(config.dataset).name if config.is_folder else config.dataset
+    title = f"Run {run_id}: {shown}, {len(history)} epochs, seed {config.seed}"
     return {
         HISTORY_FILE: (history_csv(history), "history"),
         CURVES_FILE: (png_bytes(training_curves(history, title)), "figure"),

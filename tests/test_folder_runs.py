@@ -1,0 +1,89 @@
+"""Training on an image folder and every view on its RGB run, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import SHAPE_CLASSES, assert_clean_error, cli, write_picture_folder
+
+from cnnviz_cli.store.runs import Store
+
+
+def manifest_of(store, run_id) -> dict:
+    return Store(store).get(run_id).manifest()
+
+
+def test_folder_run_records_data_model_and_normalisation(folder_store, shapes_folder):
+    store, run_id = folder_store
+    manifest = manifest_of(store, run_id)
+    assert manifest["dataset"] == str(shapes_folder.resolve())
+    assert manifest["classes"] == list(SHAPE_CLASSES)
+    model = manifest["options"]["model"]
+    assert (model["in_channels"], model["image_size"], model["num_classes"]) == (3, 24, 3)
+    assert len(model["mean"]) == 3 and all(0.2 < m < 0.7 for m in model["mean"])
+    folder = manifest["folder"]
+    assert [u["file"] for u in folder["unreadable"]] == ["blue_triangles/broken.png"]
+    assert manifest["train_size"] == sum(folder["counts"]["train"])
+    from cnnviz_cli.store.checkpoint import load_run_model
+
+    net, checkpoint = load_run_model(Store(store).get(run_id))
+    assert checkpoint.preprocessing["mean"] == model["mean"]
+    assert torch.allclose(net.input_mean.flatten(), torch.tensor(model["mean"]))
+
+
+def test_views_work_on_the_rgb_run(folder_store, shapes_folder):
+    store, run_id = folder_store
+    evaluation = cli("evaluate", "--artifacts", store, "--json", "--quiet")
+    assert evaluation.exit_code == 0, evaluation.stderr
+    metrics = json.loads(evaluation.stdout)
+    assert metrics["classes"] == list(SHAPE_CLASSES) and metrics["n"] == 6
+
+    filters = json.loads(cli("filters", "--artifacts", store, "--json", "--quiet").stdout)
+    assert filters["layers"][0]["input_channels"] == 3
+
+    maps = cli("featuremaps", "--image", "2", "--artifacts", store, "--json", "--quiet")
+    assert maps.exit_code == 0, maps.stderr
+
+    patches = cli("patches", "--layer", "conv1", "--artifacts", store, "--json", "--quiet")
+    assert patches.exit_code == 0, patches.stderr
+
+    own = shapes_folder / "red_discs" / "red_disc-0004.png"
+    explained = cli("explain", "--image", own, "--method", "occlusion", "--artifacts", store, "--json")
+    assert explained.exit_code == 0, explained.stderr
+    assert "cropped the centre 24×24" in explained.stderr and "normalised per channel" in explained.stderr
+    assert_clean_error(
+        cli("explain", "--image", own, "--invert", "--artifacts", store), 2, "image-folder runs"
+    )
+
+
+def test_folder_options_are_checked(tmp_path, shapes_folder):
+    assert_clean_error(cli("train", "--image-size", "32", "--artifacts", tmp_path), 2, "--image-size applies to image folders")
+    assert_clean_error(
+        cli("train", "--dataset", shapes_folder, "--augment", "rotate", "--artifacts", tmp_path), 2, "--augment value 'rotate'"
+    )
+    assert_clean_error(cli("train", "--dataset", tmp_path / "nope", "--artifacts", tmp_path), 3, "does not exist")
+
+
+@pytest.mark.slow
+def test_the_tutorial_network_learns_coloured_shapes(tmp_path):
+    """>= 95% validation accuracy on 3 classes, and conv1 turns colour-selective."""
+    folder = write_picture_folder(tmp_path / "shapes", per_class=200, seed=5, extras=False)
+    store = tmp_path / "artifacts"
+    result = cli("train", "--dataset", folder, "--image-size", "32", "--epochs", "15", "--augment", "flip",
+                 "--artifacts", store, "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    run = json.loads(result.stdout)
+    assert run["final"]["val_accuracy"] >= 0.95, run["history"]
+    assert run["options"]["augment"] == ["flip"]
+    from cnnviz_cli.store.checkpoint import load_run_model
+
+    net, _ = load_run_model(Store(store).get(run["run_id"]))
+    # each filter's response to a flat pure red, green and blue picture (after the run's normalisation)
+    primaries = torch.eye(3)[:, :, None, None].expand(3, 3, 32, 32)
+    with torch.no_grad():
+        response = torch.relu(net.conv1((primaries - net.input_mean) / net.input_std))[:, :, 16, 16].T
+    top2 = response.sort(dim=1, descending=True).values[:, :2]
+    selective = ((top2[:, 0] > 0.5) & (top2[:, 0] > 3 * top2[:, 1])).sum().item()
+    assert selective >= 4, response
