@@ -57,6 +57,13 @@ def test_views_work_on_the_rgb_run(folder_store, shapes_folder):
         cli("explain", "--image", own, "--invert", "--artifacts", store), 2, "image-folder runs"
     )
 
+    predicted = cli("predict", own, shapes_folder / "green_squares" / "green_square-0001.png",
+                    "--artifacts", store, "--json", "--quiet")
+    assert predicted.exit_code == 0, predicted.stderr
+    found = json.loads(predicted.stdout)
+    assert (found["count"], found["failed"], found["preprocess"]) == (2, 0, "folder")
+    assert found["classes"] == list(SHAPE_CLASSES)
+
 
 def test_folder_options_are_checked(tmp_path, shapes_folder):
     assert_clean_error(cli("train", "--image-size", "32", "--artifacts", tmp_path), 2, "--image-size applies to image folders")

@@ -292,7 +292,7 @@ def fit_picture(path: str, size: int, channels: int) -> tuple[np.ndarray, tuple[
     import numpy as np
     from PIL import Image
 
-    from cnnviz_cli.preprocess import read_picture
+    from cnnviz_cli.data.reader import read_picture
 
     picture = read_picture(path)
     notes = list(picture.notes)

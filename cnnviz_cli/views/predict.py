@@ -142,14 +142,24 @@ class _Job:
     recipe: str
     invert: bool | None
     size: int
+    channels: int = 1  # image-folder runs (recipe 'folder'): 1 or 3
 
 
 def _prepare_one(job: _Job, path: Path) -> tuple[np.ndarray | None, tuple[str, ...], str | None]:
-    """(28×28 uint8 pixels, notes, None), or (None, (), the error message)."""
+    """(28×28 uint8 pixels, notes, None), or (None, (), the error message). Image-folder runs: pixels are
+    channels×size×size, made the way the folder's own pictures were."""
     import numpy as np
 
     from cnnviz_cli.data.recipes import prepare_file
 
+    if job.recipe == "folder":
+        from cnnviz_cli.data.folders import fit_picture
+
+        try:
+            pixels, notes = fit_picture(str(path), job.size, job.channels)
+        except DataError as error:
+            return None, (), str(error)
+        return pixels, notes, None
     try:
         prepared = prepare_file(
             path, preprocess=job.preprocess, recipe=job.recipe, invert=job.invert, size=job.size
@@ -195,7 +205,8 @@ def predict(
     batch: list[tuple[int, np.ndarray, tuple[str, ...]]] = []
 
     def flush() -> None:
-        stack = torch.from_numpy(np.stack([pixels for _, pixels, _ in batch])).unsqueeze(1)
+        stack = torch.from_numpy(np.stack([pixels for _, pixels, _ in batch]))
+        stack = stack.unsqueeze(1) if stack.dim() == 3 else stack  # gray 28×28, or channels already there
         with torch.inference_mode():
             probabilities = torch.softmax(model(stack.float().div_(255.0)).float(), dim=1)
         values, indices = probabilities.topk(min(top, probabilities.shape[1]), dim=1)
@@ -235,13 +246,23 @@ def compute(
     The run's manifest names the recipe its dataset's pictures go through (older runs: their dataset's).
     ``workers`` defaults to one process per usable core (``$CNNVIZ_THREADS``).
     """
+    from cnnviz_cli.data.datasets import is_folder
     from cnnviz_cli.data.recipes import run_recipe
     from cnnviz_cli.training.device import cpu_threads
 
     manifest = run.manifest()
     recipe = run_recipe(manifest)
-    size = int(((manifest.get("options") or {}).get("model") or {}).get("image_size", 28))
-    job = _Job(preprocess=options.preprocess, recipe=recipe, invert=options.invert, size=size)
+    model_options = (manifest.get("options") or {}).get("model") or {}
+    size = int(model_options.get("image_size", 28))
+    channels = int(model_options.get("in_channels", 1))
+    if is_folder(manifest.get("dataset") or "mnist"):
+        if options.preprocess != "dataset" or options.invert:
+            raise UsageError(
+                "Image-folder runs prepare pictures as their training pictures were (shorter side resized, "
+                "centre crop, the run's normalisation).", "Drop --preprocess and --invert."
+            )
+        recipe = "folder"
+    job = _Job(preprocess=options.preprocess, recipe=recipe, invert=options.invert, size=size, channels=channels)
     with preparing(paths, job, cpu_threads() if workers is None else workers) as pictures:
         from cnnviz_cli.store.checkpoint import load_run_model
 
