@@ -16,7 +16,6 @@ as a block of "column  value" lines. Colours and live bars appear only on a term
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import sys
@@ -35,6 +34,8 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+
+from cnnviz_cli.formats import fmt_pct  # noqa: F401 (re-exported: the commands write shares as console.fmt_pct)
 
 # Width used for output that is not a terminal: wide enough that nothing is ever wrapped.
 UNWRAPPED = 100_000
@@ -191,10 +192,6 @@ def warn(message: str) -> None:
 
 def error(message: str) -> None:
     console().print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-
-
-def fmt_pct(value: float) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2%}"
 
 
 def table(title: str | None, columns: Sequence[str | tuple[str, str]], rows: Iterable[Sequence[object]]) -> Table:

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from cnnviz_cli.commands.options import ArtifactsOpt, DataDirOpt, JsonOpt, OfflineOpt, QuietOpt, RunOpt
-from cnnviz_cli.config import MODEL_FILE
 
 COMMAND = "report"
 
@@ -31,51 +30,26 @@ def main(
     Example: cnnviz report --open
     """
     from cnnviz_cli import console
-    from cnnviz_cli.report.collect import REPORT_FILE, build_report, check_images
-    from cnnviz_cli.report.render import render_html
-    from cnnviz_cli.store.runs import Store, atomic_write_bytes
+    from cnnviz_cli.store.runs import Store
+    from cnnviz_cli.views import report
 
-    check_images(images)
-    store = Store.from_option(artifacts)
-    the_run = store.get_complete(run)
-
-    def step(name: str) -> None:
-        console.info(f"report: {name}", quiet)
-
-    report = build_report(the_run, images=images, data_dir=data_dir, offline=offline, on_step=step)
-    html = render_html(report)
-    record = {
-        "options": {"images": images, "data_dir": str(data_dir) if data_dir else None, "offline": offline},
-        "checkpoint": MODEL_FILE,
-        "checkpoint_sha256": report.checkpoint_sha256,
-        "sections": report.status,
-    }
-    with the_run.outputs("report", record=record) as staging:
-        atomic_write_bytes(staging.path(REPORT_FILE, kind="report"), html.encode("utf-8"))
-        path = staging.final_path(REPORT_FILE)
-
-    for warning in report.warnings:
+    options = report.ReportOptions(images, data_dir, offline)
+    the_run = Store.from_option(artifacts).get_complete(run)
+    result = report.compute(the_run, options, on_step=lambda name: console.info(f"report: {name}", quiet))
+    path = report.write(the_run, result)
+    for warning in result.report.warnings:
         console.warn(warning)
     if not quiet:
         console.result(console.table(
             f"Report of run {the_run.id}",
             ["section", "status"],
-            [(s.title, s.status + (f" (run `{s.missing}`)" if s.missing else "")) for s in report.sections],
+            [(s.title, s.status + (f" (run `{s.missing}`)" if s.missing else "")) for s in result.report.sections],
         ))
-        console.result(f"report: {path} ({len(html.encode('utf-8')) / 1e6:.1f} MB)")
+        console.result(f"report: {path} ({len(result.html) / 1e6:.1f} MB)")
     if open_browser:
         import webbrowser
 
         if not webbrowser.open(path.as_uri()):
             console.warn(f"No browser could be opened; open {path} yourself.")
     if json_out:
-        console.emit_json(
-            {
-                "run_id": the_run.id,
-                "report": str(path),
-                "bytes": len(html.encode("utf-8")),
-                "sections": report.status,
-                "missing": {s.id: s.missing for s in report.sections if s.missing},
-                "warnings": report.warnings,
-            }
-        )
+        console.emit_json(result.to_json())

@@ -3,9 +3,9 @@
 The report collects what earlier commands wrote into the run (evaluation, filters, feature maps,
 patches, attributions, evolution, comparisons), checks every file against the sha256 in the manifest,
 and embeds the pictures as data URIs. Parts that nothing has produced yet are computed in memory
-with the other commands' core functions (evaluation, filters, feature maps of a few test images),
-or, where that needs work the report should not do (patches, attributions, evolution), named with
-the command that produces them.
+by the views themselves (``views.evaluate``, ``views.filters``, ``views.featuremaps`` for a few test
+images) and drawn by their plots, or, where that needs work the report should not do (patches,
+attributions, evolution), named with the command that produces them.
 
 The page is rendered from ``templates/report.html.j2`` with Jinja2 (autoescaping on). This module
 never prints and never imports typer or rich.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from cnnviz_cli.config import MODEL_FILE
 from cnnviz_cli.errors import ArtifactError, DataError, UsageError
+from cnnviz_cli.formats import fmt_pct
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
@@ -166,10 +166,6 @@ def _record_provenance(record: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _pct(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2%}"
-
-
 def _title_from_path(relpath: str) -> str:
     stem = Path(relpath).stem.replace("_", " ").replace("-", " ")
     return stem[:1].upper() + stem[1:]
@@ -241,8 +237,8 @@ def _summary(manifest: dict, checkpoint_sha: str) -> list[tuple[str, str]]:
         ("model", f"conv {model.get('channels')} kernels {model.get('kernel_size')}×{model.get('kernel_size')}, "
                   f"ReLU, max-pool 2, linear to {model.get('num_classes')} classes"),
         ("epochs", f"{len(history)} of {options.get('epochs')}"),
-        ("final validation accuracy", _pct(final.get("val_accuracy"))),
-        ("best validation accuracy", _pct(best)),
+        ("final validation accuracy", fmt_pct(final.get("val_accuracy"))),
+        ("best validation accuracy", fmt_pct(best)),
         ("created", str(manifest.get("created", ""))),
         ("completed", str(manifest.get("completed", "-"))),
         ("command", " ".join(manifest.get("command") or []) or "-"),
@@ -282,8 +278,8 @@ def _training_section(c: _Collector, manifest: dict) -> Section:
             "History",
             ["epoch", "train loss", "train accuracy", "val loss", "val accuracy", "seconds"],
             [
-                [str(r["epoch"]), f"{r['train_loss']:.4f}", _pct(r["train_accuracy"]), f"{r['val_loss']:.4f}",
-                 _pct(r["val_accuracy"]), f"{r.get('seconds', 0):.1f}"]
+                [str(r["epoch"]), f"{r['train_loss']:.4f}", fmt_pct(r["train_accuracy"]), f"{r['val_loss']:.4f}",
+                 fmt_pct(r["val_accuracy"]), f"{r.get('seconds', 0):.1f}"]
                 for r in history
             ],
             [True] * 6,
@@ -299,7 +295,7 @@ def _evaluation_tables(metrics: dict) -> list[Table]:
         f"{metrics.get('dataset')} {metrics.get('split')}: {metrics.get('n', 0):,} images",
         ["metric", "value"],
         [
-            ["accuracy", _pct(metrics.get("accuracy"))],
+            ["accuracy", fmt_pct(metrics.get("accuracy"))],
             ["loss (cross-entropy)", f"{metrics.get('loss', float('nan')):.4f}"],
             ["macro precision", f"{macro.get('precision', float('nan')):.4f}"],
             ["macro recall", f"{macro.get('recall', float('nan')):.4f}"],
@@ -311,7 +307,7 @@ def _evaluation_tables(metrics: dict) -> list[Table]:
         f"Per class ({metrics.get('split')} split)",
         ["class", "images", "precision", "recall (= class accuracy)", "F1"],
         [
-            [row["name"], str(row["support"]), f"{row['precision']:.3f}", _pct(row["recall"]), f"{row['f1']:.3f}"]
+            [row["name"], str(row["support"]), f"{row['precision']:.3f}", fmt_pct(row["recall"]), f"{row['f1']:.3f}"]
             for row in metrics.get("per_class") or []
         ],
         [False, True, True, True, True],
@@ -434,7 +430,7 @@ def _evolution_section(c: _Collector, outputs: dict) -> Section:
 def _comparison_table(data: dict, here: str) -> Table:
     a, b = data["a"], data["b"]
     rows = [
-        ["accuracy", _pct(a["accuracy"]), _pct(b["accuracy"]), f"{data['accuracy_difference'] * 100:+.2f} pt"],
+        ["accuracy", fmt_pct(a["accuracy"]), fmt_pct(b["accuracy"]), f"{data['accuracy_difference'] * 100:+.2f} pt"],
         ["loss", f"{a['loss']:.4f}", f"{b['loss']:.4f}", f"{data['loss_difference']:+.4f}"],
     ]
     rows += [
@@ -498,8 +494,13 @@ def _compare_section(c: _Collector, outputs: dict) -> Section:
 # --- computing what is missing -----------------------------------------------------------------------
 
 
+def _computed_provenance(checkpoint, **options) -> list[tuple[str, str]]:
+    return [("checkpoint sha256", checkpoint.sha256), ("checkpoint", MODEL_FILE),
+            *((k, _short(v)) for k, v in options.items())]
+
+
 class _Computer:
-    """Loads the model and the test split once, on demand, for the parts the run does not hold yet."""
+    """The parts the run does not hold yet, computed by the views (nothing is written) and drawn by their plots."""
 
     def __init__(self, run: Run, manifest: dict, data_dir: Path | None, offline: bool, images: int):
         self.run = run
@@ -507,25 +508,11 @@ class _Computer:
         self.data_dir = data_dir
         self.offline = offline
         self.images = images
-        self._model = None
-        self._checkpoint = None
         self._split = None
         self._split_error: str | None = None
 
-    @property
-    def model(self):
-        if self._model is None:
-            from cnnviz_cli.store.checkpoint import load_run_model
-
-            self._model, self._checkpoint = load_run_model(self.run, "cpu")
-        return self._model
-
-    @property
-    def checkpoint(self):
-        _ = self.model
-        return self._checkpoint
-
     def split(self):
+        """The run's test split (loaded once), or None with ``_split_error`` saying why it could not be."""
         if self._split is None and self._split_error is None:
             from cnnviz_cli.data.datasets import run_split
 
@@ -535,25 +522,24 @@ class _Computer:
                 self._split_error = str(exc)
         return self._split
 
-    def provenance(self, **options) -> list[tuple[str, str]]:
-        return [("checkpoint sha256", self.checkpoint.sha256), ("checkpoint", MODEL_FILE),
-                *((k, _short(v)) for k, v in options.items())]
-
     def evaluation(self, section: Section) -> Section:
-        from cnnviz_cli.metrics import evaluate_model
         from cnnviz_cli.plots.evaluate import confusion_figure, mistakes_figure
+        from cnnviz_cli.views import evaluate
 
-        split = self.split()
-        if split is None:
+        if self.split() is None:
             section.status = "missing"
             section.missing = f"cnnviz evaluate --run {self.run.id}"
             section.notes.append(f"The test images could not be loaded for this report: {self._split_error}")
             return section
-        result = evaluate_model(self.model, split)
+        options = evaluate.EvaluateOptions(data_dir=self.data_dir, offline=self.offline, device="cpu")
+        evaluation = evaluate.compute(self.run, options)
+        result, split = evaluation.metrics, evaluation.data
         section.status = "computed"
         section.notes.append("Computed for this report; `cnnviz evaluate` stores these results in the run.")
         section.tables.extend(_evaluation_tables(result.to_dict()))
-        provenance = self.provenance(dataset=split.dataset, split="test", n=result.n, data_source=split.source)
+        provenance = _computed_provenance(
+            evaluation.checkpoint, dataset=split.dataset, split="test", n=result.n, data_source=split.source
+        )
         title = f"{self.run.id} · {result.dataset} test ({result.n:,} images)"
         section.pictures.append(_figure_picture(
             confusion_figure(result.confusion, result.classes, title=f"{title}: accuracy {result.accuracy:.2%}"),
@@ -568,18 +554,19 @@ class _Computer:
         return section
 
     def filters(self, section: Section) -> Section:
-        from cnnviz_cli.models.network import layer_weight
         from cnnviz_cli.plots.filters import filter_figure, filter_title
-        from cnnviz_cli.plots.tiling import tile_kernels
+        from cnnviz_cli.views import filters
 
+        result = filters.compute(self.run, filters.FiltersOptions())
         section.status = "computed"
         section.notes.append("Computed for this report; `cnnviz filters` stores them in the run.")
-        for layer in self.model.conv_names:
-            weight = layer_weight(self.model, layer)
-            tiles = tile_kernels(weight, normalize="per-layer", max_filters=64)
+        options = result.options
+        for layer in result.layers:
             section.pictures.append(_figure_picture(
-                filter_figure(tiles, filter_title(layer, tuple(weight.shape))), f"{layer} filters",
-                self.provenance(layer=layer, normalize="per-layer", max_filters=64)))
+                filter_figure(layer.tiles, filter_title(layer.name, layer.shape)), f"{layer.name} filters",
+                _computed_provenance(
+                    result.checkpoint, layer=layer.name, normalize=options.normalize, max_filters=options.max_filters
+                )))
         return section
 
     def featuremaps(self, section: Section) -> Section:
@@ -595,25 +582,25 @@ class _Computer:
                 section.status = "missing"
                 section.missing = f"cnnviz featuremaps --image 0 --run {self.run.id}"
             return section
-        from cnnviz_cli.data.pictures import from_split
-        from cnnviz_cli.featuremaps import capture_featuremaps
         from cnnviz_cli.plots.featuremaps import overview_figure
+        from cnnviz_cli.views import featuremaps
 
         shown = {p.source.split("/")[1] for p in section.pictures if p.source.startswith("featuremaps/")}
         computed = 0
         for index in range(min(self.images, len(split))):
             if f"test-{index}" in shown:
                 continue
-            image = from_split(split, str(index))
-            maps = capture_featuremaps(self.model, image.tensor, None, ["relu"])
-            classes = split.classes
-            title = (f"{image.description}: predicted {classes[maps.prediction]} ({maps.probability:.1%})")
+            options = featuremaps.FeaturemapsOptions(str(index), data_dir=self.data_dir, offline=self.offline)
+            result = featuremaps.compute(self.run, options)
+            image = result.picture
+            title = f"{image.description}: predicted {result.predicted} ({result.maps.probability:.1%})"
             figure = overview_figure(
-                maps.activations, image.tensor[0, 0], title=title,
-                row_titles={key: f"{key.split('.')[0]} after ReLU" for key in maps.activations},
+                result.drawn, image.tensor[0, 0], title=title,
+                row_titles={key: f"{key.split('.')[0]} after ReLU" for key in result.drawn},
             )
             section.pictures.append(_figure_picture(
-                figure, f"Test image {index}", self.provenance(image=index, split="test", stage="relu")))
+                figure, f"Test image {index}",
+                _computed_provenance(result.checkpoint, image=index, split="test", stage="relu")))
             computed += 1
         if computed:
             section.status = "computed" if computed == len(section.pictures) else "stored + computed"
