@@ -595,7 +595,7 @@ class _Computer:
             image = result.picture
             title = f"{image.description}: predicted {result.predicted} ({result.maps.probability:.1%})"
             figure = overview_figure(
-                result.drawn, image.tensor[0, 0], title=title,
+                result.drawn, image.tensor[0], title=title,
                 row_titles={key: f"{key.split('.')[0]} after ReLU" for key in result.drawn},
             )
             section.pictures.append(_figure_picture(
