@@ -352,29 +352,21 @@ def _check_layer(run: Run, manifest: dict, layer: str) -> str:
     return layer
 
 
-def compute(run: Run, options: EvolutionOptions, *, on_epoch: EpochCallback | None = None) -> EvolutionResult:
-    """Load every epoch checkpoint of ``run`` (verified), collect the layer's weights and, with an image, its
-    feature maps. ``options.initial`` adds epoch 0: the weights before training, rebuilt from the run's seed.
-    """
+def _per_epoch(
+    run: Run,
+    manifest: dict,
+    checkpoints: list[EpochCheckpoint],
+    layer: str,
+    image: InputImage | None,
+    first,
+    on_epoch: EpochCallback | None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``layer``'s weights and (with ``image``) its feature maps at every checkpoint, each verified; ``first`` is
+    the rebuilt epoch 0 (checked against the first real checkpoint) or None."""
     import torch
 
     from cnnviz_cli.models.probe import capture_activations
     from cnnviz_cli.store.checkpoint import load_checkpoint
-
-    manifest = run.manifest()
-    layer = _check_layer(run, manifest, options.layer)
-    checkpoints = epoch_checkpoints(run, manifest)  # refuses a run that kept only its last checkpoint
-    image = None
-    if options.image is not None:
-        from cnnviz_cli.data.pictures import resolve_image
-
-        image = resolve_image(
-            options.image, manifest, split=options.split, data_dir=options.data_dir, offline=options.offline,
-            invert=options.invert, preprocess=options.preprocess,
-        )
-    first = initial_model(manifest) if options.initial else None
-    if first is not None:
-        checkpoints = [EpochCheckpoint(0, None, None), *checkpoints]
 
     weights: list[torch.Tensor] = []
     featuremaps: list[torch.Tensor] = []
@@ -396,6 +388,30 @@ def compute(run: Run, options: EvolutionOptions, *, on_epoch: EpochCallback | No
             featuremaps.append(captured[f"{layer}.{FEATUREMAP_STAGE}"][0].to(torch.float32).clone())
         if on_epoch is not None:
             on_epoch(done, len(checkpoints))
+    return weights, featuremaps
+
+
+def compute(run: Run, options: EvolutionOptions, *, on_epoch: EpochCallback | None = None) -> EvolutionResult:
+    """Load every epoch checkpoint of ``run`` (verified), collect the layer's weights and, with an image, its
+    feature maps. ``options.initial`` adds epoch 0: the weights before training, rebuilt from the run's seed.
+    """
+    import torch
+
+    manifest = run.manifest()
+    layer = _check_layer(run, manifest, options.layer)
+    checkpoints = epoch_checkpoints(run, manifest)  # refuses a run that kept only its last checkpoint
+    image = None
+    if options.image is not None:
+        from cnnviz_cli.data.pictures import resolve_image
+
+        image = resolve_image(
+            options.image, manifest, split=options.split, data_dir=options.data_dir, offline=options.offline,
+            invert=options.invert, preprocess=options.preprocess,
+        )
+    first = initial_model(manifest) if options.initial else None
+    if first is not None:
+        checkpoints = [EpochCheckpoint(0, None, None), *checkpoints]
+    weights, featuremaps = _per_epoch(run, manifest, checkpoints, layer, image, first, on_epoch)
 
     l2, cos = filter_changes(weights)
     magnitudes = torch.cat([w.abs().flatten() for w in weights])
