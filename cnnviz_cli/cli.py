@@ -58,6 +58,14 @@ class CnnvizGroup(TyperGroup):
                     param.metavar = ""
             command.get_help_option = _flag_without_metavar(command.get_help_option)
 
+    def get_params(self, ctx: Context):
+        # Typer appends --install-completion and --show-completion after __init__: they are flags too.
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
     def invoke(self, ctx: Context):
         from cnnviz_cli import console
 
@@ -95,7 +103,7 @@ app = typer.Typer(
     cls=CnnvizGroup,
     name="cnnviz",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

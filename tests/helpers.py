@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import struct
 import sys
 from pathlib import Path
@@ -94,6 +95,8 @@ def assert_clean_error(result, exit_code: int, *needles: str) -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert 1 <= len(err.strip().splitlines()) <= 4, err
     assert result.stdout == "", result.stdout
+    # Said in words: no internal exception class (UnidentifiedImageError, SafetensorError, KeyError, ...).
+    assert not re.search(r"\b[A-Z]\w*(Error|Exception)\b", err), err
     for needle in needles:
         assert needle.lower() in err.lower(), (needle, err)
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import REPO, assert_clean_error, cli
+from helpers import REPO, assert_clean_error, cli, cnnviz_subprocess
 
 PACKAGE = REPO / "cnnviz_cli"
 HEAVY = {"torch", "torchvision", "matplotlib", "captum", "PIL", "numpy", "safetensors"}
@@ -144,3 +144,24 @@ def test_flags_are_shown_without_a_value():
         result = cli(*args)
         assert result.exit_code == 0
         assert "<bool>" not in result.stdout, args
+
+
+def test_shell_completion_completes_commands_and_options():
+    def complete(words: str, cword: int) -> list[str]:
+        env = {"_CNNVIZ_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+        out = cnnviz_subprocess(env=env)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert complete("cnnviz fil", 1) == ["filters"]
+    assert complete("cnnviz filters --norm", 2) == ["--normalize"]
+    assert "--install-completion" in cli("--help").stdout
+
+
+def test_install_completion_writes_the_script_into_home(tmp_path):
+    out = cnnviz_subprocess("--install-completion", "bash", env={"HOME": str(tmp_path), "SHELL": "/bin/bash",
+                                                          "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
+    assert out.returncode == 0, out.stderr
+    script = (tmp_path / ".bash_completions" / "cnnviz.sh").read_text()
+    assert "_CNNVIZ_COMPLETE=complete_bash" in script and "complete -o default -F _cnnviz_completion cnnviz" in script
+    assert str(tmp_path / ".bash_completions" / "cnnviz.sh") in (tmp_path / ".bashrc").read_text()

@@ -40,6 +40,16 @@ def png_bytes(figure: Figure, record: dict | None = None, dpi: int = DPI) -> byt
     return buffer.getvalue()
 
 
+def caption_decimals(largest: float) -> int:
+    """One number of decimals for every value caption of a figure: three significant digits of the largest
+    value (2.31 beside 0.70, not beside 0.7), between 0 and 4 decimals."""
+    import math
+
+    if not math.isfinite(largest) or largest <= 0:
+        return 2
+    return min(4, max(0, 2 - math.floor(math.log10(largest))))
+
+
 def text_width(text: str, size: float) -> int:
     """Width in pixels (at the figure DPI) of the widest line of ``text`` in the default font."""
     from matplotlib.backends.backend_agg import RendererAgg

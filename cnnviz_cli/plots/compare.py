@@ -69,9 +69,9 @@ def per_class_figure(per_class: Sequence[dict], label_a: str, label_b: str, titl
     width = 0.38
     ax.bar(x - width / 2, a, width, label=f"A: {label_a}", color=COLOUR_A)
     ax.bar(x + width / 2, b, width, label=f"B: {label_b}", color=COLOUR_B)
-    low = float(min(a.min(), b.min())) if len(names) else 0.0
-    bottom = max(0.0, math.floor((low - 0.08) * 20) / 20)
-    ax.set_ylim(bottom, 1.06)
+    # The axis starts at 0: a cut axis would make a 2-point difference look like a halving. The B − A
+    # numbers above the bars carry the small differences.
+    ax.set_ylim(0.0, 1.08)
     for i, row in enumerate(per_class):
         delta = row["difference"] * 100
         colour = "#1a7f37" if delta > 0.005 else ("#b2182b" if delta < -0.005 else "#555555")
@@ -80,7 +80,8 @@ def per_class_figure(per_class: Sequence[dict], label_a: str, label_b: str, titl
     ax.yaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
     ax.set_ylabel("accuracy of the class's images")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8.5, loc="lower left", framealpha=0.9)
+    # Outside the axes, so it covers no bar whatever the accuracies.
+    ax.legend(fontsize=8.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     ax.set_title(f"{title}\nnumbers: B − A in percentage points", fontsize=10.5)
     return figure
 

@@ -235,14 +235,38 @@ def change_figure(
     return figure
 
 
+RAMP_COLOURS = 192  # palette entries a GIF gives its colour map; the rest hold text, lines and separators
+
+
 def figure_image(figure: Figure) -> Image.Image:
-    """The rendered figure as an RGB Pillow image (fixed size: figsize × dpi)."""
+    """The rendered figure as an RGB Pillow image (fixed size: figsize × dpi).
+
+    The colours of its colour maps go along in ``info["ramp"]`` so that ``gif_bytes`` can give them their
+    own palette entries.
+    """
     import numpy as np
     from PIL import Image
 
     figure.canvas.draw()
     rgba = np.asarray(figure.canvas.buffer_rgba())
-    return Image.fromarray(rgba[..., :3].copy(), "RGB")
+    image = Image.fromarray(rgba[..., :3].copy(), "RGB")
+    image.info["ramp"] = _ramp(figure)
+    return image
+
+
+def _ramp(figure: Figure) -> list[tuple[int, int, int]]:
+    """Evenly spaced colours of every colour map drawn in ``figure``, with its under, over and bad colours."""
+    import numpy as np
+
+    cmaps = {id(image.cmap): image.cmap for ax in figure.axes for image in ax.get_images()}
+    if not cmaps:
+        return []
+    per_map = RAMP_COLOURS // len(cmaps) - 3
+    colours = []
+    for cmap in cmaps.values():
+        rgba = [*cmap(np.linspace(0.0, 1.0, per_map)), cmap.get_under(), cmap.get_over(), cmap.get_bad()]
+        colours += [tuple(int(round(255 * c)) for c in colour[:3]) for colour in rgba]
+    return list(dict.fromkeys(colours))
 
 
 def gif_bytes(frames: Sequence[Image.Image], *, frame_ms: int = FRAME_MS, last_ms: int = LAST_FRAME_MS) -> bytes:
@@ -254,11 +278,17 @@ def gif_bytes(frames: Sequence[Image.Image], *, frame_ms: int = FRAME_MS, last_m
     width, height = frames[0].size
     if any(f.size != (width, height) for f in frames):
         raise ValueError("all frames must have the same size")
-    # One palette for all frames, so a colour does not shift between epochs.
+    # One palette for all frames, so a colour does not shift between epochs. The colour maps' ramps get
+    # their own entries (a median cut gives the few colour-bar pixels a handful of colours: visible bands);
+    # a median cut of the frames fills the rest (text, lines, anti-aliasing).
+    ramp = list(dict.fromkeys(colour for frame in frames for colour in frame.info.get("ramp", ())))[:RAMP_COLOURS]
     sheet = Image.new("RGB", (width, height * len(frames)))
     for k, frame in enumerate(frames):
         sheet.paste(frame, (0, k * height))
-    palette = sheet.quantize(colors=255, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    rest = sheet.quantize(colors=255 - len(ramp), method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    entries = [value for colour in ramp for value in colour] + rest.getpalette()[: 3 * (255 - len(ramp))]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette(entries + [0] * (768 - len(entries)))
     indexed = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
     durations = [frame_ms] * (len(frames) - 1) + [last_ms]
     buffer = io.BytesIO()

@@ -26,7 +26,7 @@ LABEL_PX = 58
 def maximize_figure(
     labels: Sequence[str],
     optimised: np.ndarray,
-    reached: Sequence[float],
+    reached: Sequence[str],
     patches: np.ndarray,
     captions: Sequence[Sequence[str]],
     title: str,
@@ -34,7 +34,7 @@ def maximize_figure(
     """A row per channel (or class): its optimised image, a gap, then its dataset patches, all captioned.
 
     ``optimised``: (N, S, S) or (N, S, S, 3) in [0, 1]. ``patches``: (N, K, S, S[, 3]) in [0, 1], NaN where
-    a field leaves its image. ``reached``: what each optimised image reaches; ``captions``: (N, K) texts.
+    a field leaves its image. ``reached``: what each optimised image reaches, as (N) texts; ``captions``: (N, K) texts.
     """
     import numpy as np
 
@@ -71,7 +71,7 @@ def maximize_figure(
         x0, y0 = origin(i)
         ax.text(x0 - 4, y0 + tile / 2, labels[i], ha="right", va="center", fontsize=7.5)
         ax.text(
-            x0 + tile / 2, y0 + tile + 1.5, _short(reached[i]), ha="center", va="top", fontsize=6,
+            x0 + tile / 2, y0 + tile + 1.5, reached[i], ha="center", va="top", fontsize=6,
             color="black", fontweight="bold",
         )
         for rank in range(k):
@@ -106,10 +106,3 @@ def _rgb(image: np.ndarray, scale: int) -> np.ndarray:
     rgb = np.clip(np.nan_to_num(rgb, nan=0.0), 0.0, 1.0)
     rgb[outside] = OUTSIDE
     return rgb
-
-
-def _short(value: float) -> str:
-    """Activation values at three significant digits without exponent noise (0.0123, 1.23, 12.3, 123)."""
-    if value == 0:
-        return "0"
-    return f"{value:.3g}" if abs(value) >= 1e-3 else f"{value:.1e}"

@@ -6,7 +6,7 @@ import math
 import textwrap
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.plots.common import new_figure
+from cnnviz_cli.plots.common import caption_decimals, new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -72,6 +72,7 @@ def patches_figure(patches: LayerPatches, title: str) -> Figure:
     # uint8 keeps matplotlib's resampling buffers small for the large layers.
     ax.imshow((canvas * 255).round().astype(np.uint8), interpolation="nearest")
     ax.set_axis_off()
+    decimals = caption_decimals(float(values.max()) if values.size else 0.0)
     for ch in range(channels):
         block, row = divmod(ch, rows)
         x0 = block * (block_w + 2 * GAP_PX) + LABEL_PX
@@ -84,14 +85,7 @@ def patches_figure(patches: LayerPatches, title: str) -> Figure:
         for rank in range(k):
             left = x0 + rank * cell_w
             value = float(values[ch, rank])
-            caption = f"#{int(images[ch, rank])} {_short(value)}" if value > 0 else "-"
+            caption = f"#{int(images[ch, rank])} {value:.{decimals}f}" if value > 0 else "-"
             ax.text(left + tile / 2, y0 + tile + 1.5, caption, ha="center", va="top", fontsize=6, color="0.15")
     figure.suptitle(title, fontsize=10)
     return figure
-
-
-def _short(value: float) -> str:
-    """Activation values at three significant digits without exponent noise (0.0123, 1.23, 12.3, 123)."""
-    if value == 0:
-        return "0"
-    return f"{value:.3g}" if abs(value) >= 1e-3 else f"{value:.1e}"

@@ -73,8 +73,11 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     except FileNotFoundError:
         raise ArtifactError(f"{path} does not exist.") from None
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        text = str(exc).lower()
+        short = any(word in text for word in ("incomplete", "not fully covered", "too small", "unexpected end"))
+        reason = "it is cut short" if short else "its header or tensor data cannot be read"
         raise ArtifactError(
-            f"{path} is not a valid safetensors file ({type(exc).__name__}: {exc}).",
+            f"{path} is not a valid safetensors file: {reason}.",
             "It is corrupt or truncated; train a new run.",
         ) from None
     return tensors, metadata

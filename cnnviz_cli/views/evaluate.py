@@ -131,10 +131,7 @@ class EvaluateResult:
             "mistakes": [m.to_dict() for m in metrics.mistakes],
             "section": self.section,
             "metrics": str(self.path(METRICS_FILE)),
-            "images": {
-                "confusion_matrix": str(self.path(CONFUSION_FILE)),
-                "mistakes": str(self.path(MISTAKES_FILE)),
-            },
+            "images": [str(self.path(CONFUSION_FILE)), str(self.path(MISTAKES_FILE))],
             "options": self.options,
             "device": self.device,
             "seconds": round(seconds, 3),

@@ -291,13 +291,15 @@ def compute(
 
 def write(run: Run, result: MaximizeResult) -> list[Path]:
     """Draw maximize/<layer>.png, store the images as maximize/<layer>.safetensors; all or nothing."""
-    from cnnviz_cli.plots.common import png_bytes
+    from cnnviz_cli.plots.common import caption_decimals, png_bytes
     from cnnviz_cli.plots.maximize import maximize_figure, maximize_title
     from cnnviz_cli.store.checkpoint import save_tensors
 
     m, top, c = result.maximized, result.top, result.options.config
+    reached = [float(v) for v in m.activations]
+    decimals = caption_decimals(max([*reached, float(top.values.max())]))
     captions = [
-        [f"#{int(top.images[i, r])} {float(top.values[i, r]):.3g}" for r in range(top.values.shape[1])]
+        [f"#{int(top.images[i, r])} {float(top.values[i, r]):.{decimals}f}" for r in range(top.values.shape[1])]
         for i in range(len(m.indices))
     ]
     title = maximize_title(
@@ -305,7 +307,7 @@ def write(run: Run, result: MaximizeResult) -> list[Path]:
         result.split, run.id, c.steps, c.seed, result.exceeded(), len(m.indices),
     )
     figure = maximize_figure(
-        result.labels(), result.optimised_crops.numpy(), [float(v) for v in m.activations],
+        result.labels(), result.optimised_crops.numpy(), [f"{v:.{decimals}f}" for v in reached],
         result.patch_crops.numpy(), captions, title,
     )
     record = result.record()

@@ -79,7 +79,7 @@ class PatchesResult:
             "top": self.top,
             "split": self.data.name,
             "limit": self.options.limit,
-            "images": self.images,
+            "searched": self.images,
             "dataset": self.data.dataset,
             "stage": STAGE,
             "checkpoint_sha256": self.checkpoint.sha256,
@@ -91,7 +91,7 @@ class PatchesResult:
         return {
             "split": self.data.name,
             "dataset": self.data.dataset,
-            "images": self.images,
+            "searched": self.images,
             "top": self.top,
             "stage": STAGE,
             "window": WINDOW_NOTE,
@@ -103,7 +103,7 @@ class PatchesResult:
         return {
             "run_id": self.run_id,
             **self.document(),
-            "figures": {layer.layer: str(self.run_dir / self.relpath(layer.layer)) for layer in self.layers},
+            "images": [str(self.run_dir / self.relpath(layer.layer)) for layer in self.layers],
             "json": str(self.run_dir / DATA_FILE),
             "seconds": round(self.seconds, 3),
         }

@@ -83,7 +83,7 @@ def test_evaluate_matches_an_independent_loop_and_is_reproducible(store_copy, ti
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert doc["checkpoint_sha256"] == manifest["files"]["model.safetensors"]["sha256"]
     assert doc["metrics"] == str(run_dir / FILES[0])
-    assert doc["images"] == {"confusion_matrix": str(run_dir / FILES[1]), "mistakes": str(run_dir / FILES[2])}
+    assert doc["images"] == [str(run_dir / FILES[1]), str(run_dir / FILES[2])]
     for rel in FILES:
         assert manifest["files"][rel]["sha256"] == hashlib.sha256((run_dir / rel).read_bytes()).hexdigest()
         assert (run_dir / rel).stat().st_size > 0

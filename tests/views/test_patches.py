@@ -97,7 +97,7 @@ def test_patches_cli_matches_brute_force(store_copy, tiny_data):
     )
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["run_id"] == run_id and doc["images"] == 200 and doc["top"] == 5 and doc["split"] == "test"
+    assert doc["run_id"] == run_id and doc["searched"] == 200 and doc["top"] == 5 and doc["split"] == "test"
     assert "Receptive fields" in result.stderr and "14×14" in result.stderr
 
     model, images = _model_and_test_images(artifacts, run_id, tiny_data)
@@ -123,10 +123,10 @@ def test_patches_cli_matches_brute_force(store_copy, tiny_data):
     output = manifest["outputs"]["patches"]
     assert output["files"] == ["patches/conv1.png", "patches/conv2.png", "patches/patches.json"]
     assert output["checkpoint_sha256"] == manifest["files"]["model.safetensors"]["sha256"]
-    assert output["top"] == 5 and output["images"] == 200
+    assert output["top"] == 5 and output["searched"] == 200
     for rel in output["files"]:
         assert rel in manifest["files"] and (artifacts / run_id / rel).is_file()
-    assert doc["figures"]["conv2"] == str(artifacts / run_id / "patches" / "conv2.png")
+    assert doc["images"] == [str(artifacts / run_id / "patches" / f"{layer}.png") for layer in ("conv1", "conv2")]
     sidecar = json.loads((artifacts / run_id / "patches" / "patches.json").read_text())
     assert sidecar["layers"] == doc["layers"]
 
@@ -139,7 +139,7 @@ def test_limit_and_one_layer(store_copy, tiny_data):
     )
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert list(doc["layers"]) == ["conv1"] and doc["images"] == 3 and doc["top"] == 3
+    assert list(doc["layers"]) == ["conv1"] and doc["searched"] == 3 and doc["top"] == 3
     assert "more than the 3 images" in result.stderr
     for channel in doc["layers"]["conv1"]["channels"]:
         assert sorted(e["image"] for e in channel["top"]) == [0, 1, 2]
@@ -161,3 +161,18 @@ def test_errors_are_clean_and_leave_the_store_alone(store_copy, tiny_data, args,
     result = cli("patches", "--artifacts", artifacts, "--data-dir", tiny_data, *args)
     assert_clean_error(result, code, needle)
     assert tree_digest(artifacts) == before
+
+
+def test_captions_share_one_number_of_decimals():
+    from cnnviz_cli.patches import LayerPatches, TopK
+    from cnnviz_cli.plots.common import caption_decimals
+    from cnnviz_cli.plots.patches import patches_figure
+
+    assert [caption_decimals(v) for v in (3.98, 0.7, 12.3, 123.0, 0.004, 0.0)] == [2, 3, 1, 0, 4, 2]
+    values = torch.tensor([[3.984, 2.0, 1.3], [0.7, 0.8844, 0.0]])
+    top = TopK(values, torch.tensor([[5, 6, 7], [8, 9, 10]]), torch.zeros(2, 3, dtype=torch.long),
+               torch.zeros(2, 3, dtype=torch.long))
+    field = field_for(ModelConfig(), "conv1")
+    figure = patches_figure(LayerPatches("conv1", field, top, torch.rand(2, 3, field.size, field.size)), "t")
+    captions = [t.get_text() for t in figure.axes[0].texts if t.get_text().startswith("#") or t.get_text() == "-"]
+    assert captions == ["#5 3.98", "#6 2.00", "#7 1.30", "#8 0.70", "#9 0.88", "-"]
