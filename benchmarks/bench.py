@@ -39,7 +39,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 
 SCHEMA = "cnnviz-bench/1"
 THREADS_ENV = "CNNVIZ_THREADS"  # = cnnviz_cli.training.device.THREADS_ENV (not imported here: that module imports torch)
-SECTIONS = ("startup", "loop", "command", "eval", "render", "maximize", "distributed", "predict", "folders")
+SECTIONS = ("startup", "loop", "command", "eval", "render", "maximize", "distributed", "predict", "folders", "models")
 BATCH_SIZE = 256  # the tutorial's
 LR = 1e-3
 VAL_FRACTION = 0.2
@@ -53,12 +53,16 @@ TARGETS = {
     "maximize": 10.0,  # seconds: cnnviz maximize --layer conv2 (32 channels, 256 steps), whole command
     "predict": 1000.0,  # pictures per second after start-up: cnnviz predict on PREDICT_PICTURES files
     "folder_loop": 1.4,  # epochs 2+ on an image folder, x torchvision's ImageFolder + DataLoader(num_workers=2)
+    "model_loop": 1.05,  # resnet18 training loop, x the plain PyTorch recipe (fp32)
+    "model_loop_bf16": 1.4,  # resnet18 with --precision bf16, x the plain recipe
+    "layers": 0.5,  # cnnviz layers, seconds above the import floor of torch + torchvision
 }
 PREDICT_PICTURES = 1000
 MAXIMIZE_STEPS = 256
 # The textbook loop optimises channels one after another, each exactly like the others: it runs this
 # many of them and its time is scaled to all of conv2's channels (a full run takes minutes).
 TEXTBOOK_CHANNELS = 4
+MODEL_SPEC = "torchvision:resnet18"
 
 # --------------------------------------------------------------------------------------------------
 # The tutorial's model and pipeline. The model class is shared by the standalone script (written to a
@@ -466,6 +470,56 @@ def work_loop(spec: dict) -> dict:
         "rss_peak_mb": _rss_mb(),
         **extra,
     }
+
+
+def work_model_loop(spec: dict) -> dict:
+    """resnet18 (1-channel stem, 28×28, weights=None) for one epoch: the plain PyTorch recipe or cnnviz's loop.
+
+    ``variant``: 'plain' (torchvision's own FashionMNIST ``__getitem__`` with ``ToTensor``, ``DataLoader(256,
+    shuffle=True)``, Adam, the model as torchvision builds it, contiguous fp32) or 'cnnviz' / 'cnnviz-bf16'
+    (``cnnviz train --model torchvision:resnet18``'s loop: preloaded tensor batches, channels-last, autocast).
+    Accuracy is measured on the same held-out images for both.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from cnnviz_cli.data.datasets import load_split, to_float
+    from cnnviz_cli.models.spec import build_model, parse_spec
+    from cnnviz_cli.training.device import pick_device
+    from cnnviz_cli.training.loop import epoch_generator, evaluate, train_epoch
+
+    variant, seed, epochs = spec["variant"], spec["seed"], spec["epochs"]
+    data_dir = Path(spec["data_dir"]) if spec.get("data_dir") else None
+    kwargs = dict(val_fraction=VAL_FRACTION, seed=seed, limit=spec["model_limit"])
+    train = load_split(spec["dataset"], "train", data_dir, True, **kwargs)
+    val = load_split(spec["dataset"], "val", data_dir, True, **kwargs)
+    pick_device("cpu")  # sets the same thread count on both sides
+    torch.manual_seed(seed)
+    model = build_model(parse_spec(MODEL_SPEC), in_channels=1, num_classes=10, image_size=28).model
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    started = time.perf_counter()
+    if variant == "plain":
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(tutorial_dataset(train.images, train.labels), batch_size=BATCH_SIZE, shuffle=True)
+        for _ in range(epochs):
+            model.train()
+            for data, target in loader:
+                loss = F.cross_entropy(model(data), target)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    elif variant in ("cnnviz", "cnnviz-bf16"):
+        train_x, train_y = to_float(train.images), train.labels
+        for epoch in range(1, epochs + 1):
+            train_epoch(model, optimizer, train_x, train_y, batch_size=BATCH_SIZE,
+                        generator=epoch_generator(seed, epoch), precision="bf16" if variant == "cnnviz-bf16" else "fp32")
+    else:
+        raise ValueError(f"unknown model loop variant {variant!r}")
+    seconds = time.perf_counter() - started
+    accuracy = evaluate(model, to_float(val.images), val.labels).accuracy
+    return {"variant": variant, "seconds": seconds, "images_per_s": len(train) * epochs / seconds,
+            "train_size": len(train), "val_accuracy": accuracy, "threads": torch.get_num_threads()}
 
 
 def work_eval(spec: dict) -> dict:
@@ -921,6 +975,7 @@ WORKERS: dict[str, Callable[[dict], dict | None]] = {
     "loop": work_loop, "eval": work_eval, "render": work_render, "warm": work_warm, "maximize": work_maximize,
     "predict": work_predict,
     "folder": work_folder,
+    "model_loop": work_model_loop,
 }
 
 
@@ -941,6 +996,7 @@ class Options:
     bf16: bool = True
     quick: bool = False
     folder_images: int = 10000
+    model_limit: int = 2048
 
 
 class Bench:
@@ -977,6 +1033,7 @@ class Bench:
             "dataset": self.options.dataset,
             "data_dir": str(self.options.data_dir) if self.options.data_dir else None,
             "limit": self.options.limit,
+            "model_limit": self.options.model_limit,
             "epochs": self.options.epochs,
             **extra,
         }
@@ -1001,6 +1058,18 @@ class Bench:
             baseline.append(b)
             cnnviz.append(c)
         return baseline, cnnviz
+
+    def loop_runner(self, worker: str, results: dict[str, list[dict]]) -> Callable[[str, int], dict]:
+        """run(variant, i): one training-loop measurement in a fresh process, logged and kept in ``results``."""
+
+        def run(variant: str, i: int) -> dict:
+            result, _ = self.worker(worker, variant=variant, seed=i)
+            results[variant].append(result)
+            self.log(f"  pair {i + 1}: {variant:<20} {result['images_per_s']:8.0f} img/s  "
+                     f"val acc {result['val_accuracy']:.4f}  threads {result['threads']}")
+            return result
+
+        return run
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -1074,19 +1143,54 @@ class Bench:
                      baseline_label="import floor", baseline=[c.max_rss_mb for c in floors],
                      cnnviz=[c.max_rss_mb for c in fms], ratio_means="× the floor", ratio_inverted=True))
 
+    def section_models(self) -> None:
+        """resnet18: cnnviz's loop against the plain PyTorch recipe, fp32 and bf16; `cnnviz layers` start-up."""
+        opts = self.options
+        self.log(f"models: {MODEL_SPEC}, {opts.epochs} epoch(s) on {opts.model_limit} images, {opts.repeats} pairs")
+        results: dict[str, list[dict]] = {"plain": [], "cnnviz": [], "cnnviz-bf16": []}
+        run = self.loop_runner("model_loop", results)
+
+        def cnnviz_side(i: int) -> None:
+            run("cnnviz", i)
+            if opts.bf16:
+                run("cnnviz-bf16", i)
+
+        self.pairs(lambda i: run("plain", i), cnnviz_side, opts.repeats)
+
+        def ips(variant):
+            return [r["images_per_s"] for r in results[variant]]
+
+        def acc(variant):
+            return [r["val_accuracy"] for r in results[variant]]
+
+        label = "plain PyTorch recipe"
+        self.add(Row("model_loop", "models", f"{MODEL_SPEC} training loop (fp32)", "img/s", "higher",
+                     baseline_label=label, baseline=ips("plain"), cnnviz=ips("cnnviz"),
+                     note="plain: torchvision dataset + ToTensor, DataLoader(256, shuffle), Adam, contiguous fp32"))
+        if opts.bf16:
+            self.add(Row("model_loop_bf16", "models", f"{MODEL_SPEC} training loop, --precision bf16", "img/s",
+                         "higher", baseline_label=label, baseline=ips("plain"), cnnviz=ips("cnnviz-bf16")))
+        self.add(Row("model_acc", "models", f"{MODEL_SPEC} validation accuracy (fp32)", "%", "higher",
+                     baseline_label=label, baseline=acc("plain"), cnnviz=acc("cnnviz"), ratio_means="",
+                     extra={"bf16": acc("cnnviz-bf16"), "val_size": results["plain"][0]["train_size"] // 4}))
+
+        floor_cmd = [sys.executable, "-c", "import torch, torchvision"]
+        layers_cmd = cnnviz_cmd("layers", "--model", MODEL_SPEC, "--dataset", opts.dataset, "--json")
+        run_child(floor_cmd, self.env)
+        floors, layers = self.pairs(lambda i: run_child(floor_cmd, self.env),
+                                    lambda i: run_child(layers_cmd, self.env), opts.repeats)
+        self.add(Row("layers", "startup", f"cnnviz layers --model {MODEL_SPEC}", "s", "lower",
+                     baseline_label="import floor", baseline=[c.seconds for c in floors],
+                     cnnviz=[c.seconds for c in layers], ratio_means="× the floor", ratio_inverted=True,
+                     note='floor: python -c "import torch, torchvision"'))
+
     def section_loop(self) -> None:
         opts = self.options
         self.log(f"loop: training-loop throughput, {opts.epochs} epoch(s) on {opts.limit} images, {opts.repeats} pairs")
         results: dict[str, list[dict]] = {
             "tutorial": [], "cnnviz": [], "tutorial-threads": [], "cnnviz-torch-threads": [], "cnnviz-bf16": []
         }
-
-        def run(variant: str, i: int) -> dict:
-            result, _ = self.worker("loop", variant=variant, seed=i)
-            results[variant].append(result)
-            self.log(f"  pair {i + 1}: {variant:<16} {result['images_per_s']:8.0f} img/s  "
-                     f"val acc {result['val_accuracy']:.4f}  threads {result['threads']}")
-            return result
+        run = self.loop_runner("loop", results)
 
         def cnnviz_side(i: int) -> None:
             run("cnnviz", i)
@@ -1595,6 +1699,25 @@ def evaluate_targets(rows: Sequence[Row], checks: dict) -> list[dict]:
                       f"{statistics.median(acc.cnnviz):.4f}")
         add("loop_bf16", "training-loop throughput with --precision bf16 (reported, no target)", "report",
             round(ratio, 3), None, detail)
+    for key, name in (("model_loop", "resnet18 training loop (fp32) vs the plain PyTorch recipe"),
+                      ("model_loop_bf16", "resnet18 training loop (bf16) vs the plain PyTorch recipe")):
+        row = _row(rows, key)
+        if row and row.ratios():
+            ratio = Stat.of(row.ratios()).median
+            detail = ""
+            model_acc = _row(rows, "model_acc")
+            if model_acc and model_acc.baseline:
+                ours = model_acc.extra.get("bf16") if key.endswith("bf16") else model_acc.cnnviz
+                tol = accuracy_tolerance(model_acc.extra.get("val_size", 512), statistics.median(model_acc.baseline))
+                if ours:
+                    detail = (f"median val accuracy {statistics.median(ours):.4f} vs plain "
+                              f"{statistics.median(model_acc.baseline):.4f} (equal within {tol:.4f})")
+            add(key, name, f">= {TARGETS[key]}×", round(ratio, 3), ratio >= TARGETS[key], detail)
+    layers_row = _row(rows, "layers")
+    if layers_row and layers_row.cnnviz and layers_row.baseline:
+        gap = Stat.of([c - b for b, c in zip(layers_row.baseline, layers_row.cnnviz, strict=False)]).median
+        add("layers", "cnnviz layers above the torch + torchvision import floor", f"<= {TARGETS['layers']} s",
+            round(gap, 3), gap <= TARGETS["layers"])
     help_row = _row(rows, "help")
     if help_row and help_row.cnnviz:
         value = Stat.of(help_row.cnnviz).median
@@ -1748,6 +1871,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="Training images used (default 12000; 3000 with --quick).")
     parser.add_argument("--repeats", type=int, default=None, help="Interleaved pairs per figure (default 3; 2 with --quick).")
     parser.add_argument("--epochs", type=int, default=1, help="Epochs of the training measurements (default 1).")
+    parser.add_argument("--model-limit", type=int, default=None,
+                        help="Training images of the resnet18 measurements (default 2048; 512 with --quick).")
     parser.add_argument("--render-budget", type=float, default=None,
                         help="Seconds the one-subplot-per-kernel baseline may draw before extrapolating (default 20; 4 with --quick).")
     parser.add_argument("--only", default=None, help=f"Comma-separated sections to run: {', '.join(SECTIONS)}.")
@@ -1786,6 +1911,7 @@ def options_from(args: argparse.Namespace) -> Options:
         bf16=not args.no_bf16,
         quick=quick,
         folder_images=args.folder_images if args.folder_images is not None else (2000 if quick else 10000),
+        model_limit=args.model_limit if args.model_limit is not None else (512 if quick else 2048),
     )
     if options.limit < 10:
         raise UsageError(f"--limit must be at least 10, got {options.limit}.")

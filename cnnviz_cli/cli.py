@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover - older typer on click
     from click import exceptions as click_exceptions
 
 from cnnviz_cli import __version__
-from cnnviz_cli.errors import EXIT_USAGE, CnnvizError
+from cnnviz_cli.errors import EXIT_USAGE, CnnvizError, CnnvizWarning
 from cnnviz_cli.training.distributed import worker_error
 
 # Order of the commands in `cnnviz --help`.
@@ -43,6 +43,9 @@ COMMANDS = (
     "compare",
     "report",
     "export",
+    "models",
+    "layers",
+    "import",
 )
 
 
@@ -67,8 +70,11 @@ class CnnvizGroup(TyperGroup):
         return params
 
     def invoke(self, ctx: Context):
+        import warnings
+
         from cnnviz_cli import console
 
+        warnings.showwarning = _show_warning
         try:
             return super().invoke(ctx)
         except CnnvizError as exc:
@@ -87,6 +93,19 @@ class CnnvizGroup(TyperGroup):
             if worker_error("interrupted.", 130):
                 console.error("interrupted.")
             ctx.exit(130)
+
+
+_python_showwarning = __import__("warnings").showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """The core's CnnvizWarnings are one line on stderr like every message; others keep Python's form."""
+    from cnnviz_cli import console
+
+    if issubclass(category, CnnvizWarning):
+        console.warn(str(message))
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
 
 
 def _flag_without_metavar(get_help_option):

@@ -88,7 +88,12 @@ PREPROCESSING = {"scale": "1/255", "range": "[0, 1]", "mean": 0.0, "std": 1.0, "
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the CNN: conv blocks (conv -> ReLU -> max-pool 2) then one linear layer."""
+    """Architecture of the network and the input it takes.
+
+    ``spec`` None is cnnviz's plain CNN (conv blocks: conv -> ReLU -> max-pool 2, then one linear layer;
+    the tutorial's with the default channels and kernel). Otherwise it is a ``torchvision:NAME`` or
+    ``python:module:factory`` spec (see ``models.spec``), and ``channels``/``kernel_size`` do not apply.
+    """
 
     in_channels: int = 1
     channels: tuple[int, ...] = (16, 32)
@@ -99,6 +104,7 @@ class ModelConfig:
     # applies it itself, so every command that loads the model applies it too.
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    spec: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -117,7 +123,7 @@ class ModelConfig:
             raise UsageError("The model needs at least one conv layer with a positive channel count.")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise UsageError(f"Kernel size must be a positive odd number, got {self.kernel_size}.")
-        if self.image_size % (2 ** len(self.channels)):
+        if self.image_size < 2 ** len(self.channels):
             raise UsageError(
                 f"Image size {self.image_size} cannot be pooled {len(self.channels)} times by 2."
             )
@@ -143,8 +149,31 @@ class ModelConfig:
     def feature_size(self) -> int:
         return self.image_size // (2 ** len(self.channels))
 
-    def to_json(self) -> str:
+    @property
+    def spec_text(self) -> str:
+        """The ``--model`` value that builds this network."""
+        if self.spec is not None:
+            return self.spec
+        if self.channels == (16, 32) and self.kernel_size == 5:
+            return "tutorial"
+        return "cnn:" + ",".join(str(c) for c in self.channels)
+
+    def to_dict(self) -> dict:
+        """Plain values; a plain CNN's record has no ``spec`` (as before specs existed), another none of
+        the plain CNN's fields."""
         data = asdict(self)
+        data["channels"] = list(self.channels)
+        for name in ("mean", "std"):
+            if data[name] is not None:
+                data[name] = list(data[name])
+        if self.spec is None:
+            del data["spec"]
+        else:
+            del data["channels"], data["kernel_size"]
+        return data
+
+    def to_json(self) -> str:
+        data = self.to_dict()
         if self.mean is None:  # models without normalisation keep the description they always had
             del data["mean"], data["std"]
         return json.dumps(data, sort_keys=True)
@@ -225,11 +254,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data["model"] = asdict(self.model)
-        data["model"]["channels"] = list(self.model.channels)
-        for name in ("mean", "std"):
-            if data["model"][name] is not None:
-                data["model"][name] = list(data["model"][name])
+        data["model"] = self.model.to_dict()
         data["augment"] = list(self.augment)
         if not self.is_folder:  # named datasets keep the options they always recorded
             for name in FOLDER_ONLY:

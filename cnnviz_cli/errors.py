@@ -74,3 +74,7 @@ class Interrupted(CnnvizError):
     """The user interrupted a command; what was finished has been kept."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class CnnvizWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints it as a warning)."""

@@ -32,7 +32,7 @@ __all__ = [
     "top_channels",
 ]
 
-STAGE_TITLES = {"conv": "after the convolution", "relu": "after ReLU", "pool": "after max-pooling"}
+STAGE_TITLES = {"conv": "after the convolution", "relu": "after ReLU", "pool": "after max-pooling", "output": "output"}
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def capture_featuremaps(
     from cnnviz_cli.models.probe import capture_activations, check_layers
 
     layers = check_layers(model, layers)
-    stages = check_stages(stages)
+    stages = check_stages(stages, model)
     if image.dim() == 2:
         image = image.unsqueeze(0)
     if image.dim() == 3:
@@ -94,6 +94,16 @@ def capture_featuremaps(
     finally:
         model.train(was_training)
     activations = {key: captured[key][0].float().cpu() for key in sorted(captured, key=_key_order(layers, stages))}
+    flat = [key for key, activation in activations.items() if activation.dim() != 3]
+    if flat:
+        from cnnviz_cli.models.probe import spatial_layers
+
+        shape = tuple(activations[flat[0]].shape)
+        spatial = spatial_layers(model, image.shape[1], image.shape[-1])
+        raise UsageError(
+            f"Layer {flat[0].rsplit('.', 1)[0]} has no spatial output (shape {shape}); feature maps need a grid.",
+            f"Layers with one: {', '.join(spatial[:3])} ... {spatial[-1]}." if spatial else "",
+        )
     probabilities = torch.softmax(logits, dim=0)
     return FeatureMaps(
         activations=activations,
@@ -107,7 +117,7 @@ def capture_featuremaps(
 
 def _key_order(layers: Sequence[str], stages: Sequence[str]):
     def order(key: str) -> tuple[int, int]:
-        layer, stage = key.split(".")
+        layer, stage = key.rsplit(".", 1)
         return layers.index(layer), stages.index(stage)
 
     return order

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.config import check_batch_size, check_top
+from cnnviz_cli.config import ModelConfig, check_batch_size, check_top
 from cnnviz_cli.errors import UsageError
-from cnnviz_cli.models.receptive import ReceptiveField, field_for
+from cnnviz_cli.models.probe import OUTPUT, is_plain_cnn
+from cnnviz_cli.models.receptive import ReceptiveField, field_for, network_fields
 from cnnviz_cli.progress import BatchCallback
 
 if TYPE_CHECKING:
@@ -96,7 +97,8 @@ class LayerPatches:
                     entry["label"] = classes[label] if classes else label
                 entries.append(entry)
             channels.append({"channel": ch, "top": entries})
-        return {"layer": self.layer, "stage": STAGE, "receptive_field": self.field.to_dict(), "channels": channels}
+        return {"layer": self.layer, "stage": self.field.stage if self.field.stage == OUTPUT else STAGE,
+                "receptive_field": self.field.to_dict(), "channels": channels}
 
 
 def crop(image: torch.Tensor, field: ReceptiveField, y: int, x: int) -> torch.Tensor:
@@ -155,18 +157,24 @@ def top_patches(
     model.eval()
     running = {layer: RunningTopK(k) for layer in layers}
     batches = (n + batch_size - 1) // batch_size
-    with torch.inference_mode(), capture_activations(model, layers, [STAGE]) as captured:
+    stage = STAGE if is_plain_cnn(model) else OUTPUT
+    if is_plain_cnn(model):
+        fields = {layer: field_for(model.config, layer, STAGE) for layer in layers}
+    else:
+        size = int(images.shape[-1])
+        fields = {f.layer: f for f in network_fields(model, ModelConfig(image_size=size), layers)}
+    with torch.inference_mode(), capture_activations(model, layers, [stage]) as captured:
         for b in range(batches):
             start = b * batch_size
             data = to_float(images[start : start + batch_size]).to(device)
             model(data)
             for layer in layers:
-                running[layer].update(captured[f"{layer}.{STAGE}"].cpu(), start)
+                running[layer].update(captured[f"{layer}.{stage}"].cpu(), start)
             if on_batch is not None:
                 on_batch(b + 1, batches)
     result = []
     for layer in layers:
-        field = field_for(model.config, layer, STAGE)
+        field = fields[layer]
         top = running[layer].result()
         result.append(LayerPatches(layer, field, top, crops_for(images, field, top)))
     return result

@@ -143,6 +143,11 @@ def test_maximize_workers_and_target(trained_store, keep_threads):
     for seconds, passed in ((9.0, True), (11.0, False)):
         rows = [R("maximize", "maximize", "max", "s", "lower", baseline=[2.0], cnnviz=[seconds], ratio_inverted=True)]
         assert [(t["key"], t["pass"]) for t in bench.evaluate_targets(rows, {})] == [("maximize", passed)]
+def test_model_loop_workers_train_the_same_resnet18(tiny_data, keep_threads):
+    spec = {"dataset": "mnist", "data_dir": str(tiny_data), "model_limit": 80, "epochs": 1, "seed": 0}
+    results = {v: bench.work_model_loop({**spec, "variant": v}) for v in ("plain", "cnnviz")}
+    for result in results.values():
+        assert result["train_size"] == 64 and result["images_per_s"] > 0 and 0 <= result["val_accuracy"] <= 1
 
 
 def test_filter_plot_baseline_extrapolates(tmp_path):

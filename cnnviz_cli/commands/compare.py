@@ -52,7 +52,7 @@ def main(
         console.result(_options_table(result) if result.differing else
                        f"All {result.equal_options} recorded options are equal.")
         console.result(_metrics_table(result), _per_class_table(result), _confusion_table(result),
-                       _filters_table(result))
+                       result.note or _filters_table(result))
         if result.layers:
             console.result(_pairs_table(result.layers[0]))
             console.result(
@@ -136,7 +136,7 @@ def _filters_table(result):
           f"{m.identity_mean_similarity:.3f}", f"{m.chance_similarity:.3f}",
           f"inputs aligned by {m.inputs_aligned_by}" if m.inputs_aligned_by else "")
          for m in result.layers]
-        + [(s["layer"], f"{s['a']} vs {s['b']}", "-", "-", "-", "-", "shapes differ: not compared")
+        + [(s["layer"], f"{s['a']} vs {s['b']}", "-", "-", "-", "-", s.get("reason", "shapes differ: not compared"))
            for s in result.skipped_layers],
     )
 

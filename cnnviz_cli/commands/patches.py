@@ -73,7 +73,7 @@ def _fields_table(result):
 
     size = result.checkpoint.model_config.image_size
     rows = [
-        (f.layer, "conv/relu" if f.stage == "conv" else "pool", f"{f.output_size}×{f.output_size}",
+        (f.layer, {"conv": "conv/relu", "pool": "pool"}.get(f.stage, f.stage), f"{f.output_size}×{f.output_size}",
          f"{f.size}×{f.size}", f.jump, f"{float(f.start):g}")
         for f in result.fields
     ]

@@ -59,6 +59,18 @@ def main(
     limit: Annotated[
         int | None, typer.Option("--limit", help="Use only the first N training images (quick runs).")
     ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="The network: tutorial, cnn:32,64,128, torchvision:NAME or python:package.module:factory "
+            "(`cnnviz models` lists them).",
+        ),
+    ] = "tutorial",
+    kernel_size: Annotated[
+        int | None, typer.Option("--kernel-size", help="Kernel size of a cnn:... network (odd; default 5).")
+    ] = None,
     device: DeviceOpt = "auto",
     precision: Annotated[
         str, typer.Option("--precision", help="fp32, or bf16 (autocast; see the README's performance notes).")
@@ -92,18 +104,25 @@ def main(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train the CNN and store the run (checkpoints, manifest, history, curves) in a new run folder.
+    """Train a network and store the run (checkpoints, manifest, history, curves) in a new run folder.
+
+    The network is the tutorial's CNN unless --model names another: a plain CNN (cnn:32,64,128), a
+    torchvision classifier built untrained for the dataset (torchvision:resnet18), or your own
+    (python:package.module:factory).
 
     Your own pictures: --dataset PATH, a folder with one subfolder per class (or train/ and test/,
     val/ optional, in that layout); see `cnnviz datasets PATH` for what it holds.
 
     Example: cnnviz train --dataset fashion-mnist --epochs 10
 
+    Example: cnnviz train --model torchvision:resnet18 --precision bf16
+
     Example: cnnviz train --nproc 2 (several processes; see the README for torchrun on several machines)
     """
-    from cnnviz_cli.config import ModelConfig, TrainConfig
+    from cnnviz_cli.config import TrainConfig
     from cnnviz_cli.data.datasets import check_dataset, is_folder
     from cnnviz_cli.errors import UsageError
+    from cnnviz_cli.models.spec import model_config, parse_spec
     from cnnviz_cli.store.runs import Store
 
     given = {name for name in ("data_dir", "test_fraction", "image_size", "channels", "augment", "dry_run")
@@ -115,6 +134,9 @@ def main(
         raise UsageError(f"{flag} applies to image folders (--dataset PATH), not to {checked}.")
     if is_folder(checked) and "data_dir" in given and ctx.get_parameter_source("data_dir").name == "COMMANDLINE":
         raise UsageError("--data-dir is for mnist and fashion-mnist; an image folder is given by --dataset PATH.")
+    spec = parse_spec(model, kernel_size)
+    # The channel and class counts and the image size are taken from the data when it is loaded.
+    network = model_config(spec, in_channels=1, num_classes=10, image_size=28)
     if dry_run:
         _dry_run(checked, image_size, channels, val_fraction, test_fraction, seed, json_out, quiet)
         return
@@ -133,7 +155,7 @@ def main(
         device=device,
         precision=precision,
         keep_checkpoints=keep_checkpoints,
-        model=ModelConfig(),
+        model=network,
     )
     store = Store.from_option(artifacts)
 
@@ -204,6 +226,7 @@ def _summary(result, elapsed: float, name: str | None):
     rows = [
         ("run", result.run_id + (f" ({name})" if name else "")),
         ("dataset", described),
+        ("model", result.config.model.spec_text),
         ("epochs", str(len(result.history))),
         ("final validation accuracy", fmt_pct(final["val_accuracy"])),
         ("best validation accuracy", fmt_pct(result.best_val_accuracy)),

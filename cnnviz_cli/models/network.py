@@ -75,6 +75,9 @@ def _observed(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
-def layer_weight(model: Net, layer: str) -> torch.Tensor:
-    """The weight tensor (out, in, kh, kw) of conv layer ``layer``, detached, as a CPU copy."""
-    return model.block(layer)["conv"].weight.detach().to("cpu", copy=True)
+def layer_weight(model: nn.Module, layer: str) -> torch.Tensor:
+    """The weight tensor (out, in / groups, kh, kw) of conv layer ``layer`` (of any network: any Conv2d),
+    detached, as a CPU copy."""
+    from cnnviz_cli.models.probe import stage_module
+
+    return stage_module(model, layer, "conv").weight.detach().to("cpu", copy=True)

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 
 from cnnviz_cli.config import ModelConfig
+from cnnviz_cli.errors import UsageError
 
-__all__ = ["ReceptiveField", "receptive_fields", "field_for"]
+__all__ = ["ReceptiveField", "receptive_fields", "field_for", "network_fields"]
 
 POOL_KERNEL = 2  # every block ends with nn.MaxPool2d(2): kernel 2, stride 2, no padding
 
@@ -29,7 +30,7 @@ class ReceptiveField:
     """The grid of one layer's output (``stage`` 'conv' also holds for its ReLU, which is elementwise)."""
 
     layer: str
-    stage: str  # 'conv' (conv and ReLU output) or 'pool'
+    stage: str  # 'conv' (conv and ReLU output) or 'pool'; 'output' for a layer of another network
     output_size: int
     size: int
     jump: int
@@ -78,3 +79,25 @@ def field_for(config: ModelConfig, layer: str, stage: str = "relu") -> Receptive
         if field.layer == layer and field.stage == wanted:
             return field
     raise KeyError(layer)
+
+
+def network_fields(model, config: ModelConfig, layers=None) -> list[ReceptiveField]:
+    """Fields of any network: the plain CNN's from its config (all blocks); another network's for ``layers``
+    (default: every layer with a spatial output), traced through its graph (``models.layers``)."""
+    from cnnviz_cli.models.layers import layer_table
+    from cnnviz_cli.models.probe import OUTPUT, is_plain_cnn
+
+    if is_plain_cnn(model):
+        return receptive_fields(config)
+    rows = {row.name: row for row in layer_table(model, config.in_channels, config.image_size)}
+    names = list(layers) if layers else [name for name, row in rows.items() if row.spatial]
+    fields = []
+    for name in names:
+        row = rows[name]
+        field = row.field
+        if field is None or field.whole or not row.spatial:
+            raise UsageError(f"Layer {name} has no spatial output at this input size, so it has no patches.")
+        if field.size[0] != field.size[1] or field.jump[0] != field.jump[1] or field.start[0] != field.start[1]:
+            raise UsageError(f"Layer {name} has a non-square receptive field ({field.label()}); patches need a square one.")
+        fields.append(ReceptiveField(name, OUTPUT, row.output_shape[-1], field.size[0], field.jump[0], field.start[0]))
+    return fields

@@ -30,8 +30,9 @@ TITLE_SIZE = 11
 
 
 def activation_scale(activation: torch.Tensor, stage: str) -> tuple[str, float, float]:
-    """(colour map, vmin, vmax) for a whole map: diverging ±max|a| for 'conv', 0..max otherwise."""
-    if stage == "conv":
+    """(colour map, vmin, vmax) for a whole map: diverging ±max|a| for 'conv' (and any map with negative
+    values), 0..max otherwise."""
+    if stage == "conv" or (activation.numel() and float(activation.min()) < 0):
         limit = float(activation.abs().max()) if activation.numel() else 0.0
         limit = limit if limit > 0 else 1.0
         return DIVERGING_CMAP, -limit, limit
@@ -149,7 +150,7 @@ def overview_figure(
     """The input and every map in ``maps`` ('<layer>.<stage>' -> (C, h, w)), one row of tiles per map."""
     tiled_rows = []
     for key, activation in maps.items():
-        stage = key.split(".")[-1]
+        stage = key.rsplit(".", 1)[-1]
         tiled = tile_maps(
             activation,
             list(range(activation.shape[0])),

@@ -143,6 +143,8 @@ def tile_kernels(
     if separator < 0:
         raise UsageError(f"The separator width must be zero or more, got {separator}.")
     total, in_channels, kh, kw = (int(s) for s in weight.shape)
+    if kh == kw == 1 and in_channels not in (1, 3):
+        separator = 0  # 1×1 kernels: one weight each, so the layer is drawn as an out × in matrix
     w = weight.detach().to("cpu", torch.float32)
     layer_max = float(w.abs().max()) if w.numel() else 0.0
     shown = total if max_filters is None else min(total, max_filters)

@@ -582,6 +582,7 @@ class _Computer:
                 section.status = "missing"
                 section.missing = f"cnnviz featuremaps --image 0 --run {self.run.id}"
             return section
+        from cnnviz_cli.featuremaps import STAGE_TITLES
         from cnnviz_cli.plots.featuremaps import overview_figure
         from cnnviz_cli.views import featuremaps
 
@@ -596,7 +597,8 @@ class _Computer:
             title = f"{image.description}: predicted {result.predicted} ({result.maps.probability:.1%})"
             figure = overview_figure(
                 result.drawn, image.tensor[0], title=title,
-                row_titles={key: f"{key.split('.')[0]} after ReLU" for key in result.drawn},
+                row_titles={key: f"{layer} {STAGE_TITLES[stage]}"
+                            for key in result.drawn for layer, stage in [key.rsplit(".", 1)]},
             )
             section.pictures.append(_figure_picture(
                 figure, f"Test image {index}",

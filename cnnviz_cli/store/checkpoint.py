@@ -17,8 +17,7 @@ from cnnviz_cli.store.runs import Run, atomic_write, sha256_file
 
 if TYPE_CHECKING:
     import torch
-
-    from cnnviz_cli.models.network import Net
+    from torch import nn
 
 FORMAT = "cnnviz-checkpoint/1"
 
@@ -38,19 +37,33 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    path: Path, model: Net, *, dataset: str, classes: tuple[str, ...], epoch: int, run_id: str
+    path: Path,
+    model: nn.Module,
+    *,
+    dataset: str,
+    classes: tuple[str, ...],
+    epoch: int,
+    run_id: str,
+    config: ModelConfig | None = None,
+    source: dict | None = None,
 ) -> Path:
+    """Weights (parameters and buffers such as BatchNorm's running statistics) and the text to rebuild them.
+
+    ``config`` defaults to a plain CNN's own; ``source`` is a python: factory's module record.
+    """
     from safetensors.torch import save_file
 
     metadata = {
         "format": FORMAT,
-        "model_config": model.config.to_json(),
+        "model_config": (config or model.config).to_json(),
         "dataset": dataset,
         "classes": json.dumps(list(classes)),
         "preprocessing": json.dumps(model.config.preprocessing()),
         "epoch": str(epoch),
         "run_id": run_id,
     }
+    if source:
+        metadata["model_source"] = json.dumps(source, sort_keys=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
@@ -83,15 +96,24 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, metadata
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Net, Checkpoint]:
-    """Rebuild the model a checkpoint describes and load its weights (strictly)."""
-    from cnnviz_cli.models.network import Net
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
+    """Rebuild the model a checkpoint describes and load its weights (strictly), in eval mode.
 
-    tensors, metadata = read_tensors(path)
+    The header's tensor shapes are checked against the described network, built first on the meta
+    device, before any weight is read or any memory is allocated for the network.
+    """
+    import warnings
+
+    from cnnviz_cli.errors import CnnvizWarning
+    from cnnviz_cli.models.spec import build_from_config
+    from cnnviz_cli.models.weights import MAX_IMAGE_SIZE, checked_build, header_shapes, source_changed
+
+    shapes, metadata = header_shapes(path)
     if metadata.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a cnnviz checkpoint (format {metadata.get('format')!r}).")
     try:
         config = ModelConfig.from_json(metadata["model_config"])
+        source = json.loads(metadata["model_source"]) if "model_source" in metadata else None
         info = Checkpoint(
             path=Path(path),
             sha256=sha256_file(path),
@@ -104,7 +126,13 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Net
         )
     except (KeyError, ValueError, UsageError) as exc:  # UsageError: a model config that cannot be built
         raise ArtifactError(f"The metadata of {path} is incomplete or invalid ({exc}).") from None
-    model = Net(config)
+    if not 1 <= config.image_size <= MAX_IMAGE_SIZE or not 1 <= config.in_channels <= 4:
+        raise ArtifactError(f"{path} describes an implausible input ({config.in_channels}×{config.image_size}²).")
+    note = source_changed(source) if source else None
+    if note:
+        warnings.warn(note, CnnvizWarning, stacklevel=2)
+    model = checked_build(lambda: build_from_config(config), shapes, str(path)).model
+    tensors, _ = read_tensors(path)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
@@ -116,6 +144,8 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Net
     return model, info
 
 
-def load_run_model(run: Run, device: str | torch.device = "cpu", relpath: str = MODEL_FILE) -> tuple[Net, Checkpoint]:
+def load_run_model(
+    run: Run, device: str | torch.device = "cpu", relpath: str = MODEL_FILE
+) -> tuple[nn.Module, Checkpoint]:
     """The run's model, after checking the checkpoint's sha256 against the manifest."""
     return load_checkpoint(run.verified_file(relpath), device)

@@ -59,6 +59,7 @@ def train_epoch(
     model.train()
     device = images.device
     n = images.shape[0] if rows is None else rows.shape[0]
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     order = torch.randperm(n, generator=generator)
     if rows is not None:
         order = rows.index_select(0, order)
@@ -74,6 +75,9 @@ def train_epoch(
                 return None
             idx = order[b * batch_size : (b + 1) * batch_size]
             batch_images = idx.shape[0]
+            if batch_images == 1 and batch_norm and processes == 1:
+                n -= 1  # BatchNorm cannot learn statistics from one image; that image waits for the next epoch
+                continue
             if processes > 1:
                 idx = comm.shard(idx)
             data, target = images.index_select(0, idx), labels.index_select(0, idx)
@@ -99,7 +103,7 @@ def train_epoch(
     if comm is not None:
         comm.sum_(total_loss)
         comm.sum_(correct)
-    return EpochStats(float(total_loss) / n, int(correct) / n)
+    return EpochStats(float(total_loss) / max(n, 1), int(correct) / max(n, 1))
 
 
 CROP_PADDING = 4

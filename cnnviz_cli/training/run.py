@@ -21,13 +21,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from cnnviz_cli import __version__
 from cnnviz_cli.config import TrainConfig
 from cnnviz_cli.data.datasets import CLASS_NAMES, load_split, to_float
 from cnnviz_cli.data.recipes import recipe_for
 from cnnviz_cli.errors import ArtifactError, Interrupted, UsageError
-from cnnviz_cli.models.network import Net
+from cnnviz_cli.models.spec import build_from_config
 from cnnviz_cli.store.checkpoint import MODEL_FILE, load_checkpoint, read_tensors, save_checkpoint, save_tensors
 from cnnviz_cli.store.runs import Run, Store, atomic_write_bytes, effective_status, utc_now
 from cnnviz_cli.training.device import pick_device
@@ -145,7 +146,7 @@ def _versions() -> dict:
     }
 
 
-def _optimizer_tensors(optimizer: torch.optim.Adam, model: Net) -> dict[str, torch.Tensor]:
+def _optimizer_tensors(optimizer: torch.optim.Adam, model: nn.Module) -> dict[str, torch.Tensor]:
     names = {id(p): name for name, p in model.named_parameters()}
     tensors = {}
     for group in optimizer.param_groups:
@@ -156,7 +157,7 @@ def _optimizer_tensors(optimizer: torch.optim.Adam, model: Net) -> dict[str, tor
     return tensors
 
 
-def _load_optimizer_tensors(optimizer: torch.optim.Adam, model: Net, tensors: dict[str, torch.Tensor]) -> None:
+def _load_optimizer_tensors(optimizer: torch.optim.Adam, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     for name, param in model.named_parameters():
         state = {key: tensors[f"{name}.{key}"].to(param.device) for key in ("step", "exp_avg", "exp_avg_sq")}
         if "max_exp_avg_sq" in {k.rsplit(".", 1)[-1] for k in tensors}:
@@ -166,11 +167,18 @@ def _load_optimizer_tensors(optimizer: torch.optim.Adam, model: Net, tensors: di
 
 
 def _finish(
-    run: Run, config: TrainConfig, history: list[dict], model: Net, classes: tuple[str, ...], final_files: FinalFiles
+    run: Run,
+    config: TrainConfig,
+    history: list[dict],
+    model: nn.Module,
+    classes: tuple[str, ...],
+    final_files: FinalFiles,
+    saved: dict,
 ) -> None:
     """The final weights and the caller's final files (history, curves) in place, then the run is complete."""
     save_checkpoint(
-        run.dir / MODEL_FILE, model, dataset=config.dataset, classes=classes, epoch=len(history), run_id=run.id
+        run.dir / MODEL_FILE, model, dataset=config.dataset, classes=classes, epoch=len(history), run_id=run.id,
+        **saved,
     )
     files = final_files(run.id, config, history)
     for relpath, (data, _kind) in files.items():
@@ -273,9 +281,16 @@ def _train_run(
     if comm.any(stop()):
         raise Interrupted("Training was interrupted before it started; nothing was stored.")
 
+    if not config.is_folder:  # (an image folder's shape is set above) a spec only names the architecture
+        config = replace(config, model=replace(
+            config.model, in_channels=_channels(train.images), image_size=int(train.images.shape[-1]),
+            num_classes=len(classes),
+        ))
     torch.manual_seed(config.seed)
-    net = Net(config.model).to(device)
+    built = build_from_config(config.model)
+    net = built.model.to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    saved = {"config": config.model, "source": built.source}
 
     if run is None:
         run = comm.by_main(lambda: store.create_run(
@@ -294,6 +309,7 @@ def _train_run(
                 "versions": _versions(),
                 **({"distributed": comm.record()} if comm.size > 1 else {}),
                 "history": [],
+                **({"model": built.describe()} if config.model.spec is not None else {}),
             },
             name=name,
         ))
@@ -339,7 +355,7 @@ def _train_run(
                 net, val_x, val_y, batch_size=max(1024, config.batch_size), comm=comm if comm.size > 1 else None
             )
             row = _epoch_row(epoch, stats, val_stats, time.perf_counter() - started)
-            comm.by_main(lambda row=row: _store_epoch(run, config, net, optimizer, classes, row))
+            comm.by_main(lambda row=row: _store_epoch(run, config, net, optimizer, classes, row, saved))
             history.append(row)
             progress.epoch(row)
             if comm.any(stop()):
@@ -353,7 +369,7 @@ def _train_run(
                 f"{'the checkpoint of epoch ' + str(done) + ' is kept' if done else 'no epoch had finished'}.",
                 f"Continue it with `cnnviz train --resume {run.id}`.",
             )
-        comm.by_main(lambda: _finish(run, config, history, net, classes, final_files))
+        comm.by_main(lambda: _finish(run, config, history, net, classes, final_files, saved))
     except Interrupted:
         raise
     except KeyboardInterrupt:
@@ -384,6 +400,11 @@ def _train_run(
     )
 
 
+def _channels(images: torch.Tensor) -> int:
+    """Channels of a stack of images: (N, H, W) is grey-scale, (N, C, H, W) has C."""
+    return 1 if images.dim() == 3 else int(images.shape[1])
+
+
 def _epoch_row(epoch: int, stats: EpochStats, val_stats: EpochStats, seconds: float) -> dict:
     return {
         "epoch": epoch,
@@ -396,12 +417,19 @@ def _epoch_row(epoch: int, stats: EpochStats, val_stats: EpochStats, seconds: fl
 
 
 def _store_epoch(
-    run: Run, config: TrainConfig, model: Net, optimizer: torch.optim.Adam, classes: tuple[str, ...], row: dict
+    run: Run,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Adam,
+    classes: tuple[str, ...],
+    row: dict,
+    saved: dict,
 ) -> None:
     """Checkpoint + optimizer state of this epoch, then the manifest; older files go if not kept."""
     epoch = row["epoch"]
     save_checkpoint(
-        run.dir / epoch_checkpoint(epoch), model, dataset=config.dataset, classes=classes, epoch=epoch, run_id=run.id
+        run.dir / epoch_checkpoint(epoch), model, dataset=config.dataset, classes=classes, epoch=epoch, run_id=run.id,
+        **saved,
     )
     save_tensors(run.dir / optimizer_checkpoint(epoch), _optimizer_tensors(optimizer, model))
     stale: list[str] = [optimizer_checkpoint(epoch - 1)]

@@ -141,8 +141,18 @@ def chance_similarity(a: torch.Tensor, draws: int = CHANCE_DRAWS) -> float:
     return sum(values) / len(values)
 
 
-def match_layers(weights_a: dict[str, torch.Tensor], weights_b: dict[str, torch.Tensor], layers: list[str]):
-    """Match every layer whose weights have the same shape in both runs, in order, aligning input channels."""
+# The matching is an exact assignment in pure Python (cubic in the filter count): bigger layers are skipped.
+MAX_MATCHED_FILTERS = 128
+
+
+def match_layers(
+    weights_a: dict[str, torch.Tensor], weights_b: dict[str, torch.Tensor], layers: list[str], *, chain: bool = True
+):
+    """Match every layer whose weights have the same shape in both runs, in order, aligning input channels.
+
+    ``chain``: each layer reads the previous one's output (the plain CNN), so B's input channels can be put
+    in the order of the previous layer's matched filters; in a network with branches they are left as they are.
+    """
     from cnnviz_cli.models.matching import match_filters
 
     matches: list[LayerMatch] = []
@@ -161,8 +171,13 @@ def match_layers(weights_a: dict[str, torch.Tensor], weights_b: dict[str, torch.
             )
             previous = None
             continue
+        if a.shape[0] > MAX_MATCHED_FILTERS:
+            skipped.append({"layer": layer, "a": list(a.shape), "b": list(b.shape),
+                            "reason": f"more than {MAX_MATCHED_FILTERS} filters: not matched"})
+            previous = None
+            continue
         aligned_by = None
-        if previous is not None and len(previous.pairs) == b.shape[1]:
+        if chain and previous is not None and len(previous.pairs) == b.shape[1]:
             b = b[:, previous.pairs]
             aligned_by = previous.layer
         match = match_filters(a, b)
@@ -220,6 +235,7 @@ class CompareResult:
     skipped_layers: list[dict]
     weights_a: dict = field(repr=False)
     weights_b_aligned: dict = field(repr=False)  # B's weights with input channels in A's order
+    note: str | None = None  # why filters were not matched at all (different architectures)
 
     @property
     def split(self) -> str:
@@ -331,6 +347,7 @@ class CompareResult:
             "filters": [m.to_dict() for m in self.layers],
             "filters_not_compared": self.skipped_layers,
             "gate": self.gate,
+            **({"note": self.note} if self.note else {}),
         }
 
     def record(self) -> dict:
@@ -422,12 +439,21 @@ def compute(
         model_b, data, on_batch=(lambda d, _t: on_batch(half + d, total)) if on_batch else None, top_mistakes=0
     )
 
-    def conv_weights(model) -> dict:
-        return {name: model.block(name)["conv"].weight.detach().to("cpu").float() for name in model.conv_names}
+    from cnnviz_cli.models.probe import conv_layers, is_plain_cnn, stage_module
 
-    weights_a, weights_b = conv_weights(model_a), conv_weights(model_b)
-    layers = list(dict.fromkeys([*model_a.conv_names, *model_b.conv_names]))
-    matches, skipped, aligned_b = match_layers(weights_a, weights_b, layers)
+    def conv_weights(model) -> dict:
+        return {name: stage_module(model, name, "conv").weight.detach().to("cpu").float() for name in conv_layers(model)}
+
+    arch_a, arch_b = checkpoint_a.model_config.spec_text, checkpoint_b.model_config.spec_text
+    plain = is_plain_cnn(model_a) and is_plain_cnn(model_b)
+    note = None
+    if arch_a != arch_b and not plain:
+        note = f"Different architectures ({arch_a} vs {arch_b}): metrics only, filters are not matched."
+        weights_a, weights_b, layers = {}, {}, []
+    else:
+        weights_a, weights_b = conv_weights(model_a), conv_weights(model_b)
+        layers = list(dict.fromkeys([*weights_a, *weights_b]))
+    matches, skipped, aligned_b = match_layers(weights_a, weights_b, layers, chain=plain)
     differing, equal = differing_options(manifest_a, manifest_b)
     return CompareResult(
         options=options,
@@ -443,6 +469,7 @@ def compute(
         result_b=result_b,
         layers=matches,
         skipped_layers=skipped,
+        note=note,
         weights_a=weights_a,
         weights_b_aligned=aligned_b,
     )

@@ -289,8 +289,8 @@ def initial_model(manifest: dict):
     """
     import torch
 
-    from cnnviz_cli.config import ModelConfig
-    from cnnviz_cli.models.network import Net
+    from cnnviz_cli.models.probe import manifest_model_config
+    from cnnviz_cli.models.spec import build_from_config
 
     trained_with = (manifest.get("versions") or {}).get("torch")
     if trained_with != torch.__version__:
@@ -309,9 +309,9 @@ def initial_model(manifest: dict):
             "Leave out --initial.",
         )
     options = manifest.get("options") or {}
-    config = ModelConfig.from_manifest(manifest)
+    config = manifest_model_config(manifest)
     torch.manual_seed(int(options.get("seed", manifest.get("seed", 0))))
-    return Net(config).eval()
+    return build_from_config(config).model.eval()
 
 
 # Adam moves a weight by at most about lr·(1−β1)/√(1−β2) ≈ 3.2·lr per step (β = 0.9, 0.999); 4 leaves room.
@@ -341,15 +341,17 @@ def check_initial(initial, first, manifest: dict, first_epoch: int) -> None:
 
 
 def _check_layer(run: Run, manifest: dict, layer: str) -> str:
-    from cnnviz_cli.config import ModelConfig
+    """``layer`` if the run's network has a conv layer of that name (``conv1`` of a network without one:
+    its first convolution); unknown names are refused with the closest ones."""
+    from cnnviz_cli.models.probe import check_conv_layer, manifest_model_config
 
-    try:
-        config = ModelConfig.from_manifest(manifest)
-    except TypeError as exc:
-        raise ArtifactError(f"The manifest of run '{run.id}' describes no valid model ({exc}).") from None
-    if layer not in config.conv_names:
-        raise UsageError(f"Unknown layer '{layer}'.", f"Valid layers: {', '.join(config.conv_names)}.")
-    return layer
+    config = manifest_model_config(manifest)
+    if layer == "conv1" and config.spec is not None:
+        from cnnviz_cli.models.probe import config_conv_layers
+
+        if "conv1" not in config_conv_layers(config):
+            return check_conv_layer(config, None)
+    return check_conv_layer(config, layer)
 
 
 def _per_epoch(
@@ -365,7 +367,7 @@ def _per_epoch(
     the rebuilt epoch 0 (checked against the first real checkpoint) or None."""
     import torch
 
-    from cnnviz_cli.models.probe import capture_activations
+    from cnnviz_cli.models.probe import OUTPUT, capture_activations, is_plain_cnn, stage_module
     from cnnviz_cli.store.checkpoint import load_checkpoint
 
     weights: list[torch.Tensor] = []
@@ -381,11 +383,12 @@ def _per_epoch(
                 )
             if first is not None and done == 2:  # the first real checkpoint, right after the rebuilt epoch 0
                 check_initial(first, model, manifest, item.epoch)
-        weights.append(model.block(layer)["conv"].weight.detach().to(torch.float32).clone())
+        weights.append(stage_module(model, layer, "conv").weight.detach().to(torch.float32).clone())
         if image is not None:
-            with torch.inference_mode(), capture_activations(model, [layer], [FEATUREMAP_STAGE]) as captured:
+            stage = FEATUREMAP_STAGE if is_plain_cnn(model) else OUTPUT
+            with torch.inference_mode(), capture_activations(model, [layer], [stage]) as captured:
                 model(image.tensor.to(torch.float32))
-            featuremaps.append(captured[f"{layer}.{FEATUREMAP_STAGE}"][0].to(torch.float32).clone())
+            featuremaps.append(captured[f"{layer}.{stage}"][0].to(torch.float32).clone())
         if on_epoch is not None:
             on_epoch(done, len(checkpoints))
     return weights, featuremaps

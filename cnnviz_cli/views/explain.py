@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from cnnviz_cli.config import check_split
 from cnnviz_cli.errors import UsageError
+from cnnviz_cli.models.probe import OUTPUT, gradcam_layer, is_plain_cnn, stage_module
 
 if TYPE_CHECKING:
     import torch
@@ -144,6 +145,11 @@ class OcclusionMethod(AttributionMethod):
         return values[0, 0], {"window": self.window, "stride": 1, "baseline": 0.0}
 
 
+def _stage(model) -> str:
+    """The plain CNN's maps are its ReLU outputs; another network's are the chosen module's output."""
+    return "relu" if is_plain_cnn(model) else OUTPUT
+
+
 class GradCamMethod(AttributionMethod):
     name = "gradcam"
     signed = False
@@ -154,12 +160,12 @@ class GradCamMethod(AttributionMethod):
         from captum.attr import LayerAttribution, LayerGradCam
 
         # The ReLU output is the layer's feature map (non-negative), as Grad-CAM defines it.
-        module = self.model.block(self.layer)["relu"]
+        module = stage_module(self.model, self.layer, "relu")
         cam = LayerGradCam(self.model, module).attribute(x, target=target, relu_attributions=True)
         cam_size = tuple(cam.shape[-2:])
         # align_corners=False puts each feature unit's value at the centre of its field (stride 2 or 4).
         values = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
-        details = {"layer": self.layer, "stage": "relu", "map_size": list(cam_size)}
+        details = {"layer": self.layer, "stage": _stage(self.model), "map_size": list(cam_size)}
         if not bool((cam > 0).any()):
             details["all_zero"] = True
             warnings.warn(
@@ -187,13 +193,13 @@ class HiResCamMethod(AttributionMethod):
     def attribute(self, x, target):
         from captum.attr import LayerAttribution, LayerGradientXActivation
 
-        module = self.model.block(self.layer)["relu"]
+        module = stage_module(self.model, self.layer, "relu")
         product = LayerGradientXActivation(self.model, module).attribute(x, target=target)
         cam = product.sum(dim=1, keepdim=True)
         values = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
         return values[0, 0], {
             "layer": self.layer,
-            "stage": "relu",
+            "stage": _stage(self.model),
             "map_size": list(cam.shape[-2:]),
             "map_sum": float(cam.detach().sum()),
         }
@@ -258,7 +264,7 @@ def explain(
     probabilities = torch.softmax(logits, dim=0)
     predicted = int(logits.argmax())
     target = predicted if target is None else target
-    layer = layer or model.conv_names[-1]
+    layer = layer or gradcam_layer(model, x.shape[1], x.shape[-1])
     caught: list[str] = []
     attributions = []
     for name in check_methods(methods):
@@ -418,11 +424,11 @@ class ExplainResult:
 def compute(run: Run, options: ExplainOptions) -> ExplainResult:
     """Load the run's model, prepare the image and compute the chosen methods' maps."""
     from cnnviz_cli.data.pictures import resolve_image
-    from cnnviz_cli.models.probe import check_layers
     from cnnviz_cli.store.checkpoint import load_run_model
 
     model, checkpoint = load_run_model(run, "cpu")
-    layer = check_layers(model, [options.layer])[0] if options.layer else model.conv_names[-1]
+    network = checkpoint.model_config
+    layer = gradcam_layer(model, network.in_channels, network.image_size, options.layer)
     target = check_target(options.target, checkpoint.classes)
     picture = resolve_image(
         options.image,

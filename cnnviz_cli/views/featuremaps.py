@@ -58,6 +58,7 @@ class FeaturemapsResult:
     maps: FeatureMaps
     drawn: dict[str, torch.Tensor]  # '<layer>.<stage>' -> (C, H, W), the maps to draw
     chosen: dict[str, list[int]]  # '<layer>.<stage>' -> the channels drawn
+    stages: tuple[str, ...] = ()  # the stages drawn: the options' for the plain CNN, ('output',) otherwise
 
     @property
     def section(self) -> str:
@@ -104,7 +105,7 @@ class FeaturemapsResult:
             "image": self.options.image,
             "input": self.picture.provenance,
             "layers": self.layers,
-            "stages": list(self.options.stages),
+            "stages": list(self.stages or self.options.stages),
             "top": self.options.top,
             "checkpoint": MODEL_FILE,
             "checkpoint_sha256": self.checkpoint.sha256,
@@ -148,7 +149,7 @@ class FeaturemapsResult:
                 "notes": picture.notes,
             },
             "layers": self.layers,
-            "stages": list(self.options.stages),
+            "stages": list(self.stages or self.options.stages),
             "top": self.options.top,
             "channels": self.chosen,
             "checkpoint_sha256": self.checkpoint.sha256,
@@ -159,11 +160,13 @@ def compute(run: Run, options: FeaturemapsOptions) -> FeaturemapsResult:
     """Prepare the image, run it through the model and keep every stage of the chosen layers."""
     from cnnviz_cli.data.pictures import resolve_image
     from cnnviz_cli.featuremaps import capture_featuremaps, top_channels
-    from cnnviz_cli.models.probe import STAGES, check_layers
+    from cnnviz_cli.models.probe import check_layers, check_stages, stages_of
     from cnnviz_cli.store.checkpoint import load_run_model
 
     model, checkpoint = load_run_model(run, "cpu")
-    layers = check_layers(model, options.layers)
+    network = checkpoint.model_config
+    layers = check_layers(model, options.layers, in_channels=network.in_channels, image_size=network.image_size)
+    stages = tuple(check_stages(options.stages, model))
     picture = resolve_image(
         options.image,
         run.manifest(),
@@ -174,16 +177,16 @@ def compute(run: Run, options: FeaturemapsOptions) -> FeaturemapsResult:
         preprocess=options.preprocess,
         size=checkpoint.model_config.image_size,
     )
-    maps = capture_featuremaps(model, picture.tensor, layers, STAGES)
-    drawn = {f"{name}.{s}": maps.activations[f"{name}.{s}"] for name in layers for s in options.stages}
+    maps = capture_featuremaps(model, picture.tensor, layers, stages_of(model))
+    drawn = {f"{name}.{s}": maps.activations[f"{name}.{s}"] for name in layers for s in stages}
     chosen = {key: top_channels(activation, options.top) for key, activation in drawn.items()}
-    return FeaturemapsResult(run.id, run.dir, options, checkpoint, picture, layers, maps, drawn, chosen)
+    return FeaturemapsResult(run.id, run.dir, options, checkpoint, picture, layers, maps, drawn, chosen, stages)
 
 
 def _map_title(key: str, activation: torch.Tensor, channels: list[int]) -> str:
     from cnnviz_cli.featuremaps import STAGE_TITLES
 
-    name, stage = key.split(".")
+    name, stage = key.rsplit(".", 1)
     c, h, w = activation.shape
     if len(channels) == c:
         which = f"{c} channels of {h}×{w}"
@@ -213,12 +216,12 @@ def write(run: Run, result: FeaturemapsResult) -> list[Path]:
         for key, activation in result.drawn.items():
             channels = result.chosen[key]
             title = f"{_map_title(key, activation, channels)}\n{subtitle}"
-            figure = featuremap_figure(activation, channels, picture.tensor[0], stage=key.split(".")[1], title=title)
+            figure = featuremap_figure(activation, channels, picture.tensor[0], stage=key.rsplit(".", 1)[1], title=title)
             png = png_bytes(figure, {**record, "map": key, "channels": channels})
             paths.append(staging.write_bytes(f"{section}/{key.replace('.', '-')}.png", png, kind="image"))
 
         row_titles = {
-            key: f"{key.split('.')[0]} {STAGE_TITLES[key.split('.')[1]]}: {a.shape[0]} channels of "
+            key: f"{key.rsplit('.', 1)[0]} {STAGE_TITLES[key.rsplit('.', 1)[1]]}: {a.shape[0]} channels of "
             f"{a.shape[1]}×{a.shape[2]}"
             for key, a in result.drawn.items()
         }

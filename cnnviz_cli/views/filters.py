@@ -107,7 +107,7 @@ def compute(run: Run, options: FiltersOptions) -> FiltersResult:
 
     model, checkpoint = load_run_model(run, "cpu")
     layers = []
-    for name in check_layers(model, options.layers):
+    for name in check_layers(model, options.layers, purpose="filters"):
         weight = layer_weight(model, name)
         tiles = tile_kernels(weight, normalize=options.normalize, max_filters=options.max_filters)
         layers.append(LayerFilters(name, tuple(weight.shape), tiles))

@@ -68,6 +68,11 @@ class PatchesResult:
         return [f"--top {self.options.top} is more than the {self.images} images searched; "
                 f"showing {self.images} per channel."]
 
+    @property
+    def stage(self) -> str:
+        """'relu' for the plain CNN; 'output' (the layer's own output) for another network."""
+        return "output" if any(f.stage == "output" for f in self.fields) else STAGE
+
     def relpath(self, layer: str) -> str:
         return f"{SECTION}/{layer}.png"
 
@@ -81,7 +86,7 @@ class PatchesResult:
             "limit": self.options.limit,
             "searched": self.images,
             "dataset": self.data.dataset,
-            "stage": STAGE,
+            "stage": self.stage,
             "checkpoint_sha256": self.checkpoint.sha256,
         }
 
@@ -93,7 +98,7 @@ class PatchesResult:
             "dataset": self.data.dataset,
             "searched": self.images,
             "top": self.top,
-            "stage": STAGE,
+            "stage": self.stage,
             "window": WINDOW_NOTE,
             "receptive_fields": [f.to_dict() for f in self.fields],
             "layers": {layer.layer: layer.to_dict(labels, self.data.classes) for layer in self.layers},
@@ -114,13 +119,14 @@ def compute(run: Run, options: PatchesOptions, on_batch: BatchCallback | None = 
     import time
 
     from cnnviz_cli.data.datasets import run_split
-    from cnnviz_cli.models.probe import check_layers
-    from cnnviz_cli.models.receptive import receptive_fields
+    from cnnviz_cli.models.probe import check_layers, is_plain_cnn
+    from cnnviz_cli.models.receptive import network_fields
     from cnnviz_cli.patches import top_patches
     from cnnviz_cli.store.checkpoint import load_run_model
 
     model, checkpoint = load_run_model(run, "cpu")
-    chosen = check_layers(model, options.layers)
+    network = checkpoint.model_config
+    chosen = check_layers(model, options.layers, in_channels=network.in_channels, image_size=network.image_size)
     data = run_split(
         run.manifest(), options.split, dataset=checkpoint.dataset, data_dir=options.data_dir, offline=options.offline
     )
@@ -128,7 +134,7 @@ def compute(run: Run, options: PatchesOptions, on_batch: BatchCallback | None = 
     started = time.perf_counter()
     layers = top_patches(model, images, chosen, k=options.top, batch_size=options.batch_size, on_batch=on_batch)
     seconds = time.perf_counter() - started
-    fields = receptive_fields(checkpoint.model_config)
+    fields = network_fields(model, network, None if is_plain_cnn(model) else chosen)
     return PatchesResult(run.id, run.dir, options, checkpoint, data, len(images), fields, layers, seconds)
 
 
@@ -145,7 +151,7 @@ def write(run: Run, result: PatchesResult) -> list[Path]:
         for layer in result.layers:
             field = layer.field
             title = (
-                f"{layer.layer} (ReLU): the {result.top} {data.title} {data.name} images that excite each channel "
+                f"{layer.layer} ({'ReLU' if result.stage == STAGE else 'output'}): the {result.top} {data.title} {data.name} images that excite each channel "
                 f"most, run {run.id}\n"
                 f"tile: the {field.size}×{field.size} px field (jump {field.jump}) of the strongest unit · "
                 "caption: #image activation · pale blue: outside the image"

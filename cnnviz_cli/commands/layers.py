@@ -1,0 +1,89 @@
+"""`cnnviz layers`: every addressable layer of a run's network (or of a spec), with shapes and receptive fields."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cnnviz_cli.commands.options import ArtifactsOpt, JsonOpt, RunOpt
+
+COMMAND = "layers"
+
+
+def main(
+    run_id: RunOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="A model spec instead of a run (see `cnnviz models`).", show_default=False),
+    ] = None,
+    kernel_size: Annotated[int | None, typer.Option("--kernel-size", help="Kernel size of a cnn:... spec.")] = None,
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="With --model: the dataset whose images it takes (mnist, fashion-mnist).")
+    ] = "mnist",
+    artifacts: ArtifactsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List every layer by its dotted name (use it with --layer), its type, output shape for the dataset's
+    images, parameter count and receptive field (size and jump in input pixels).
+
+    Without --model: the network of the latest complete run, or of --run. Receptive fields follow the
+    largest path where branches merge; 'all' marks layers after global pooling or flattening.
+    Example: cnnviz layers --model torchvision:resnet18 --dataset fashion-mnist
+    """
+    from cnnviz_cli import console
+    from cnnviz_cli.errors import UsageError
+    from cnnviz_cli.models.layers import describe_layers
+
+    if model is not None and run_id is not None:
+        raise UsageError("Give --run or --model, not both.")
+    config, run = _config(model, kernel_size, dataset, run_id, artifacts)
+    result = describe_layers(config, run_id=run)
+    if json_out:
+        console.emit_json(result.to_json())
+        return
+    rows = []
+    for row in result.layers:
+        field = row.field
+        shape = "×".join(str(s) for s in row.output_shape) if row.output_shape is not None else "-"
+        rows.append((
+            row.name, row.type, shape, f"{row.parameters:,}",
+            field.label() if field else "-",
+            "-" if field is None or field.whole else str(field.jump[0]),
+        ))
+    source = f"run {run}" if run else "spec"
+    title = (
+        f"Layers of {result.spec} ({source}; input {result.in_channels}×{result.image_size}×{result.image_size}, "
+        f"{result.num_classes} classes, {result.parameters:,} parameters)"
+    )
+    table = console.table(
+        title, ["layer", "type", ("output", "right"), ("parameters", "right"), ("field", "right"), ("jump", "right")],
+        rows,
+    )
+    table.columns[0].no_wrap = table.columns[1].no_wrap = True
+    table.caption = "field: receptive field in input pixels (all: the whole image); jump: pixels between units."
+    if result.adaptations:
+        table.caption += "\nAdapted for this input: " + "; ".join(result.adaptations) + "."
+    table.caption_justify = "left"
+    console.result(table)
+
+
+def _config(model, kernel_size, dataset, run_id, artifacts):
+    """The ModelConfig to describe, and the run it comes from (None for a spec)."""
+    if model is not None:
+        from cnnviz_cli.data.datasets import CLASS_NAMES, check_dataset
+        from cnnviz_cli.models.spec import model_config, parse_spec
+
+        classes = CLASS_NAMES[check_dataset(dataset)]
+        return model_config(parse_spec(model, kernel_size), in_channels=1, num_classes=len(classes), image_size=28), None
+    from cnnviz_cli.config import ModelConfig
+    from cnnviz_cli.errors import ArtifactError
+    from cnnviz_cli.models.weights import header_shapes
+    from cnnviz_cli.store.checkpoint import MODEL_FILE
+    from cnnviz_cli.store.runs import Store
+
+    run = Store.from_option(artifacts).get_complete(run_id)
+    _, metadata = header_shapes(run.verified_file(MODEL_FILE))
+    if "model_config" not in metadata:
+        raise ArtifactError(f"The checkpoint of run '{run.id}' does not describe its network.")
+    return ModelConfig.from_json(metadata["model_config"]), run.id
