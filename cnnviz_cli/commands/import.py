@@ -22,7 +22,7 @@ def main(
     ],
     dataset: Annotated[str, typer.Option("--dataset", help="The dataset the weights were trained on (mnist, fashion-mnist).")],
     kernel_size: Annotated[int | None, typer.Option("--kernel-size", help="Kernel size of a cnn:... spec.")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="A name to remember the run by (shown with the run).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="A name for the run; --run takes it like an id.")] = None,
     data_dir: DataDirOpt = None,
     artifacts: ArtifactsOpt = None,
     json_out: JsonOpt = False,

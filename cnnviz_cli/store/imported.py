@@ -31,6 +31,8 @@ def import_run(store, config, weights: Path, *, dataset: str, classes: tuple[str
         raise ArtifactError(f"{weights.name} does not fit {config.spec_text}: {mismatch}.",
                             "Keys and shapes must match the model exactly (`cnnviz layers --model SPEC`).")
     store.check_writable()
+    if name is not None:
+        store.check_name_free(name)
     built = build_from_config(config)
     built.model.load_state_dict(tensors, strict=True)
     built.model.eval()
@@ -40,11 +42,10 @@ def import_run(store, config, weights: Path, *, dataset: str, classes: tuple[str
         "dataset": dataset,
         "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
         "classes": list(classes),
-        "name": name,
         "imported": {"file": str(weights.resolve()), "sha256": file_sha256(weights), "format": weights.suffix.lower()[1:]},
         "model": built.describe(),
         "history": [],
-    })
+    }, name=name)
     try:
         save_checkpoint(run.dir / MODEL_FILE, built.model, dataset=dataset, classes=classes, epoch=0, run_id=run.id,
                         config=config, source=built.source)
