@@ -357,9 +357,12 @@ def model_config(spec: ModelSpec, *, in_channels: int, num_classes: int, image_s
 def build_from_config(config) -> BuiltModel:
     """The network a ModelConfig records (the plain CNN for ``spec`` None)."""
     if config.spec is None:
+        from cnnviz_cli.models.network import Net
+
+        # The config itself, not one rebuilt from a spec: it may carry more (an image folder's normalisation).
         spec = ModelSpec("cnn", tuple(config.channels), config.kernel_size)
-    else:
-        spec = parse_spec(config.spec)
+        return BuiltModel(Net(config), spec, config.in_channels, config.num_classes, config.image_size)
+    spec = parse_spec(config.spec)
     return build_model(
         spec, in_channels=config.in_channels, num_classes=config.num_classes, image_size=config.image_size
     )

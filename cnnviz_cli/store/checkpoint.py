@@ -58,7 +58,7 @@ def save_checkpoint(
         "model_config": (config or model.config).to_json(),
         "dataset": dataset,
         "classes": json.dumps(list(classes)),
-        "preprocessing": json.dumps(model.config.preprocessing()),
+        "preprocessing": json.dumps((config or model.config).preprocessing()),
         "epoch": str(epoch),
         "run_id": run_id,
     }
