@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -34,6 +35,8 @@ def main(
 ) -> None:
     """Draw the conv kernels of a run: filters/<layer>.png in the run folder, one per conv layer.
 
+    Other options get pictures of their own (filters/<layer>.<normalize>.<max-filters>.png, e.g. conv2.per-filter.16.png), so no call erases another's; the report shows each layer's most complete picture.
+
     Each layer is one image in a diverging colour map (blue negative, white zero, red positive) with a colour bar. conv1 (one input channel) is a grid of its kernels; deeper layers show every filter (rows) against every input channel (columns).
 
     Example: cnnviz filters --layer conv1 --normalize per-filter
@@ -52,7 +55,7 @@ def main(
         filters.write(run, result)
     if not quiet:
         rows = [
-            (f.name, "×".join(map(str, f.shape)), f"{f.tiles.shown}/{f.tiles.total}", f"{f.name}.png")
+            (f.name, "×".join(map(str, f.shape)), f"{f.tiles.shown}/{f.tiles.total}", Path(f.relpath).name)
             for f in result.layers
         ]
         columns = ["layer", "weight shape", ("filters drawn", "right"), "image"]

@@ -345,13 +345,42 @@ def _evaluation_section(c: _Collector, outputs: dict, compute) -> Section:
 def _filters_section(c: _Collector, outputs: dict, compute) -> Section:
     section = Section("filters", "Filters")
     record = outputs.get("filters")
-    if record:
-        for relpath in record.get("files", []):
-            picture = c.picture(relpath, record, f"{Path(relpath).stem} filters")
-            if picture:
-                section.pictures.append(picture)
-        return section
-    return compute(section)
+    if not record:
+        return compute(section)
+    variants = record.get("variants")
+    if variants is None:  # a run written before filters kept its variants: one picture per layer
+        variants = {relpath: {"layer": Path(relpath).stem} for relpath in record.get("files", [])}
+    by_layer: dict[str, list[tuple[str, dict]]] = {}
+    for relpath, variant in variants.items():
+        by_layer.setdefault(variant["layer"], []).append((relpath, variant))
+    for layer, found in by_layer.items():
+        found.sort(key=_filter_completeness, reverse=True)
+        (relpath, variant), others = found[0], found[1:]
+        same_checkpoint = variant.get("checkpoint_sha256") == record.get("checkpoint_sha256")
+        provenance = {"command": "filters", **variant} if "normalize" in variant else record
+        if same_checkpoint and "epoch" in record:
+            provenance["epoch"] = record["epoch"]
+        picture = c.picture(relpath, provenance, f"{layer} filters")
+        if picture:
+            section.pictures.append(picture)
+        if others:
+            listed = "; ".join(f"{Path(r).name} ({_filter_options(v)})" for r, v in others)
+            section.notes.append(f"{layer}: shown {Path(relpath).name} ({_filter_options(variant)}); "
+                                 f"also in the run: {listed}.")
+    return section
+
+
+def _filter_completeness(item: tuple[str, dict]) -> tuple:
+    """Every filter drawn first, then the shared per-layer scale, then the most filters, then the newest."""
+    variant = item[1]
+    shown, total = variant.get("shown", 0), variant.get("total", 0)
+    return (shown >= total, variant.get("normalize", "per-layer") == "per-layer", shown, variant.get("created", ""))
+
+
+def _filter_options(variant: dict) -> str:
+    if "normalize" not in variant:
+        return "options not recorded"
+    return f"{variant['normalize']} scale, {variant.get('shown', '?')} of {variant.get('total', '?')} filters drawn"
 
 
 def _stored_sections(c: _Collector, outputs: dict, prefix: str) -> list[tuple[str, dict]]:

@@ -322,13 +322,30 @@ class Staging:
         def change(manifest: dict) -> None:
             for relpath, kind in self.files.items():
                 self.run.record_file(manifest, relpath, kind)
-            manifest.setdefault("outputs", {})[self.section] = {
-                **record,
-                "created": utc_now(),
-                "files": sorted(self.files),
-            }
+            outputs = manifest.setdefault("outputs", {})
+            created = utc_now()
+            entry = {**record, "created": created, "files": sorted(self.files)}
+            if "variants" in record:
+                entry["variants"], entry["files"] = _merged_variants(
+                    outputs.get(self.section) or {}, record["variants"], manifest.get("files") or {}, created
+                )
+                entry["files"] = sorted({*entry["files"], *self.files})
+            outputs[self.section] = entry
 
         self.run.update_manifest(change)
+
+
+def _merged_variants(previous: dict, new: dict, files: dict, created: str) -> tuple[dict, list[str]]:
+    """A section's pictures made with other options stay listed (each under its own file name, with its
+    options); a picture made again with the same options replaces its own entry. Returns the variants and
+    the files they name."""
+    kept = {
+        relpath: variant
+        for relpath, variant in (previous.get("variants") or {}).items()
+        if relpath not in new and relpath in files
+    }
+    variants = {**kept, **{relpath: {**variant, "created": created} for relpath, variant in new.items()}}
+    return dict(sorted(variants.items())), sorted(variants)
 
 
 class Store:

@@ -28,16 +28,26 @@ class FiltersOptions:
         check_normalize(self.normalize)
         check_max_filters(self.max_filters)
 
+    @property
+    def tag(self) -> str:
+        """What the file names say of the options: nothing for the defaults, else '.per-filter.16'.
+
+        Each set of options gets its own pictures, so a later call with other options erases nothing."""
+        if (self.normalize, self.max_filters) == (FiltersOptions.normalize, FiltersOptions.max_filters):
+            return ""
+        return f".{self.normalize}.{self.max_filters}"
+
 
 @dataclass(frozen=True)
 class LayerFilters:
     name: str
     shape: tuple[int, ...]  # the weight's (out, in, kh, kw)
     tiles: FilterTiles
+    tag: str = ""  # FiltersOptions.tag
 
     @property
     def relpath(self) -> str:
-        return f"{SECTION}/{self.name}.png"
+        return f"{SECTION}/{self.name}{self.tag}.png"
 
     @property
     def truncated_note(self) -> str | None:
@@ -73,6 +83,17 @@ class FiltersResult:
             layers=[layer.name for layer in self.layers],
             normalize=self.options.normalize,
             max_filters=self.options.max_filters,
+            variants={
+                layer.relpath: {
+                    "layer": layer.name,
+                    "normalize": self.options.normalize,
+                    "max_filters": self.options.max_filters,
+                    "shown": layer.tiles.shown,
+                    "total": layer.tiles.total,
+                    "checkpoint_sha256": self.checkpoint.sha256,
+                }
+                for layer in self.layers
+            },
         )
 
     def to_json(self) -> dict:
@@ -110,7 +131,7 @@ def compute(run: Run, options: FiltersOptions) -> FiltersResult:
     for name in check_layers(model, options.layers, purpose="filters"):
         weight = layer_weight(model, name)
         tiles = tile_kernels(weight, normalize=options.normalize, max_filters=options.max_filters)
-        layers.append(LayerFilters(name, tuple(weight.shape), tiles))
+        layers.append(LayerFilters(name, tuple(weight.shape), tiles, options.tag))
     return FiltersResult(run.id, run.dir, options, checkpoint, layers)
 
 
@@ -124,6 +145,7 @@ def write(run: Run, result: FiltersResult) -> list[Path]:
     with run.outputs(SECTION, record=record) as staging:
         for layer in result.layers:
             title = filter_title(layer.name, layer.shape, f"run {run.id}, epoch {result.checkpoint.epoch}")
-            png = png_bytes(filter_figure(layer.tiles, title), {**record, "layer": layer.name})
+            metadata = {key: value for key, value in record.items() if key != "variants"}
+            png = png_bytes(filter_figure(layer.tiles, title), {**metadata, "layer": layer.name})
             paths.append(staging.write_bytes(layer.relpath, png, kind="image"))
     return paths

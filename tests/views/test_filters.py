@@ -68,7 +68,8 @@ def test_cli_writes_one_png_per_layer_recorded_in_the_manifest(store_copy):
     doc = json.loads(result.stdout)
     run_dir = store / run_id
     assert doc["run_id"] == run_id
-    assert doc["images"] == [str(run_dir / "filters/conv1.png"), str(run_dir / "filters/conv2.png")]
+    names = ["filters/conv1.per-filter.64.png", "filters/conv2.per-filter.64.png"]
+    assert doc["images"] == [str(run_dir / name) for name in names]
     assert [(layer["name"], layer["shape"], layer["shown"], layer["total"]) for layer in doc["layers"]] == [
         ("conv1", [16, 1, 5, 5], 16, 16),
         ("conv2", [32, 16, 5, 5], 32, 32),
@@ -77,7 +78,7 @@ def test_cli_writes_one_png_per_layer_recorded_in_the_manifest(store_copy):
     assert doc["checkpoint_sha256"] == manifest["files"]["model.safetensors"]["sha256"]
     record = manifest["outputs"]["filters"]
     assert record["checkpoint_sha256"] == doc["checkpoint_sha256"]
-    assert record["normalize"] == "per-filter" and record["files"] == ["filters/conv1.png", "filters/conv2.png"]
+    assert record["normalize"] == "per-filter" and record["files"] == names
     for path in doc["images"]:
         with Image.open(path) as png:
             assert png.format == "PNG" and max(png.size) < 2000
@@ -108,3 +109,38 @@ def test_cli_refuses_bad_options_and_leaves_the_store_unchanged(store_copy, args
     result = cli("filters", "--artifacts", store, *args)
     assert_clean_error(result, code, *needles)
     assert tree_digest(store) == before
+
+
+@pytest.mark.slow
+def test_calls_with_other_options_keep_each_others_pictures_and_the_report_shows_every_layer(store_copy, tiny_data):
+    store, run_id = store_copy
+    run_dir = store / run_id
+    assert cli("filters", "--artifacts", store, "--layer", "conv1", "--quiet").exit_code == 0
+    args = ("filters", "--artifacts", store, "--layer", "conv2", "--normalize", "per-filter", "--max-filters", "16")
+    first = cli(*args, "--json", "--quiet")
+    assert first.exit_code == 0, first.stderr
+    assert json.loads(first.stdout)["images"] == [str(run_dir / "filters/conv2.per-filter.16.png")]
+    conv1 = (run_dir / "filters/conv1.png").read_bytes()
+    again = cli(*args, "--quiet")  # the same options: replaces its own picture, nothing else
+    assert again.exit_code == 0, again.stderr
+    assert sorted(p.name for p in (run_dir / "filters").iterdir()) == ["conv1.png", "conv2.per-filter.16.png"]
+    assert (run_dir / "filters/conv1.png").read_bytes() == conv1
+
+    record = json.loads((run_dir / "manifest.json").read_text())["outputs"]["filters"]
+    assert record["files"] == ["filters/conv1.png", "filters/conv2.per-filter.16.png"]
+    variants = record["variants"]
+    assert {k: (v["layer"], v["normalize"], v["max_filters"], v["shown"], v["total"]) for k, v in variants.items()} == {
+        "filters/conv1.png": ("conv1", "per-layer", 64, 16, 16),
+        "filters/conv2.per-filter.16.png": ("conv2", "per-filter", 16, 16, 32),
+    }
+
+    # The full default picture of conv2 joins them; the report shows it (the most complete) and names the other.
+    assert cli("filters", "--artifacts", store, "--layer", "conv2", "--quiet").exit_code == 0
+    report = cli("report", "--artifacts", store, "--data-dir", tiny_data, "--images", "1", "--json", "--quiet")
+    assert report.exit_code == 0, report.stderr
+    html = (run_dir / "report/report.html").read_text()
+    section = html[html.index('<section id="filters">') :]
+    section = section[: section.index("</section>")]
+    assert "<dd>filters/conv1.png</dd>" in section and "<dd>filters/conv2.png</dd>" in section
+    assert "<dd>filters/conv2.per-filter.16.png</dd>" not in section
+    assert "also in the run: conv2.per-filter.16.png (per-filter scale, 16 of 32 filters drawn)" in section
