@@ -78,3 +78,11 @@ class Interrupted(CnnvizError):
 
 class CnnvizWarning(UserWarning):
     """Something the user should know that does not stop the command (the CLI prints it as a warning)."""
+
+
+def damaged_safetensors(path, exc: Exception, hint: str = "It is corrupt or truncated.") -> ArtifactError:
+    """safetensors' own error for a damaged file, said in words (not its internal error class)."""
+    text = str(exc).lower()
+    short = any(word in text for word in ("incomplete", "not fully covered", "too small", "unexpected end"))
+    reason = "it is cut short" if short else "its header or tensor data cannot be read"
+    return ArtifactError(f"{path} is not a valid safetensors file: {reason}.", hint)

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.errors import ArtifactError, UsageError
+from cnnviz_cli.errors import ArtifactError, UsageError, damaged_safetensors
 from cnnviz_cli.models.spec import BuiltModel, ModelSpec, build_model, load_factory, parse_spec
 
 if TYPE_CHECKING:
@@ -52,10 +52,7 @@ def header_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str
     except FileNotFoundError:
         raise ArtifactError(f"{path} does not exist.") from None
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
-        raise ArtifactError(
-            f"{path} is not a valid safetensors file ({type(exc).__name__}: {exc}).",
-            "It is corrupt or truncated.",
-        ) from None
+        raise damaged_safetensors(path, exc) from None
     return shapes, metadata
 
 
@@ -155,7 +152,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as exc:  # noqa: BLE001 - safetensors' own error types
-            raise ArtifactError(f"{path} is not a valid safetensors file ({exc}).") from None
+            raise damaged_safetensors(path, exc) from None
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle errors, refused globals, truncated zips

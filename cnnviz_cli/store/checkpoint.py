@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnnviz_cli.config import MODEL_FILE, ModelConfig
-from cnnviz_cli.errors import ArtifactError, UsageError
+from cnnviz_cli.errors import ArtifactError, UsageError, damaged_safetensors
 from cnnviz_cli.store.runs import Run, atomic_write, sha256_file
 
 if TYPE_CHECKING:
@@ -86,13 +86,7 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     except FileNotFoundError:
         raise ArtifactError(f"{path} does not exist.") from None
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
-        text = str(exc).lower()
-        short = any(word in text for word in ("incomplete", "not fully covered", "too small", "unexpected end"))
-        reason = "it is cut short" if short else "its header or tensor data cannot be read"
-        raise ArtifactError(
-            f"{path} is not a valid safetensors file: {reason}.",
-            "It is corrupt or truncated; train a new run.",
-        ) from None
+        raise damaged_safetensors(path, exc, "It is corrupt or truncated; train a new run.") from None
     return tensors, metadata
 
 
