@@ -410,11 +410,25 @@ def _featuremaps_section(c: _Collector, outputs: dict, compute) -> Section:
     section = Section("featuremaps", "Feature maps")
     for name, record in _stored_sections(c, outputs, "featuremaps"):
         files = record.get("files", [])
-        overview = [f for f in files if f.endswith("/overview.png")]
-        for relpath in overview or [f for f in files if f.endswith(".png")]:
-            picture = c.picture(relpath, record, f"{name.split('/', 1)[-1]}: {_title_from_path(relpath)}")
+        variants = record.get("variants") or {}
+        overviews = [(f, variants.get(f, {})) for f in files if Path(f).name.startswith("overview")]
+        if not overviews:
+            overviews = [(f, {}) for f in files if f.endswith(".png")]
+            others = []
+        else:  # the most complete overview: most layers, most stages, every channel, the newest
+            overviews.sort(key=lambda item: (len(item[1].get("layers") or ()), len(item[1].get("stages") or ()),
+                                             item[1].get("top") is None, item[1].get("created", "")), reverse=True)
+            overviews, others = overviews[:1], overviews[1:]
+        for relpath, variant in overviews:
+            provenance = {**{k: v for k, v in record.items() if k != "variants"}, **variant}
+            picture = c.picture(relpath, provenance, f"{name.split('/', 1)[-1]}: {_title_from_path(relpath)}")
             if picture:
                 section.pictures.append(picture)
+        if others:
+            section.notes.append(
+                f"{name.split('/', 1)[-1]}: also in the run: " + "; ".join(
+                    f"{Path(f).name} ({', '.join(v.get('layers') or ())}: {'+'.join(v.get('stages') or ())}"
+                    + (f", top {v['top']} channels" if v.get("top") else "") + ")" for f, v in others) + ".")
     return compute(section)
 
 

@@ -59,6 +59,7 @@ class FeaturemapsResult:
     drawn: dict[str, torch.Tensor]  # '<layer>.<stage>' -> (C, H, W), the maps to draw
     chosen: dict[str, list[int]]  # '<layer>.<stage>' -> the channels drawn
     stages: tuple[str, ...] = ()  # the stages drawn: the options' for the plain CNN, ('output',) otherwise
+    every_layer: bool = True  # the layers are all of the model's conv layers (the default)
 
     @property
     def section(self) -> str:
@@ -91,12 +92,44 @@ class FeaturemapsResult:
     def prediction(self) -> dict:
         return {"index": self.maps.prediction, "class": self.predicted, "probability": self.maps.probability}
 
+    def map_relpath(self, key: str) -> str:
+        """'<layer>-<stage>.png'; with --top K '<layer>-<stage>.top<K>.png' (other channels: another picture)."""
+        top = f".top{self.options.top}" if self.options.top else ""
+        return f"{self.section}/{key.replace('.', '-')}{top}.png"
+
+    @property
+    def overview_relpath(self) -> str:
+        """overview.png for the default options, else named from them (overview.conv+relu+pool.png, ...), so a
+        call with other options erases no earlier overview; a repeat with the same options replaces its own."""
+        parts = [] if self.every_layer else ["+".join(self.layers)]
+        if self.options.stages != FeaturemapsOptions.stages:
+            parts.append("+".join(self.options.stages))
+        if self.options.top:
+            parts.append(f"top{self.options.top}")
+        return f"{self.section}/overview{''.join('.' + part for part in parts)}.png"
+
+    @property
+    def tensors_relpath(self) -> str:
+        layers = "" if self.every_layer else "." + "+".join(self.layers)
+        return f"{self.section}/activations{layers}.safetensors"
+
     def relpaths(self) -> dict[str, list[str]]:
-        """The files ``write`` makes: images (input.png for a picture, one per map, overview.png) and tensors."""
+        """The files ``write`` makes: images (input.png for a picture, one per map, the overview) and tensors."""
         section = self.section
         images = [f"{section}/input.png"] if self.picture.provenance["kind"] == "file" else []
-        images += [f"{section}/{key.replace('.', '-')}.png" for key in self.drawn]
-        return {"images": [*images, f"{section}/overview.png"], "tensors": [f"{section}/activations.safetensors"]}
+        images += [self.map_relpath(key) for key in self.drawn]
+        return {"images": [*images, self.overview_relpath], "tensors": [self.tensors_relpath]}
+
+    def variants(self) -> dict[str, dict]:
+        """Every file with the options it was made with (the manifest keeps those of earlier calls too)."""
+        options = {"layers": self.layers, "stages": list(self.stages or self.options.stages),
+                   "top": self.options.top, "checkpoint_sha256": self.checkpoint.sha256}
+        found = {self.overview_relpath: {"kind": "overview", **options},
+                 self.tensors_relpath: {"kind": "tensors", "layers": self.layers,
+                                        "checkpoint_sha256": self.checkpoint.sha256}}
+        for key in self.drawn:
+            found[self.map_relpath(key)] = {"kind": "map", "map": key, **options}
+        return found
 
     def record(self) -> dict:
         """The manifest entry (also in each PNG's metadata, with the map drawn)."""
@@ -111,6 +144,7 @@ class FeaturemapsResult:
             "checkpoint_sha256": self.checkpoint.sha256,
             "epoch": self.checkpoint.epoch,
             "prediction": self.prediction,
+            "variants": self.variants(),
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -167,6 +201,9 @@ def compute(run: Run, options: FeaturemapsOptions) -> FeaturemapsResult:
     network = checkpoint.model_config
     layers = check_layers(model, options.layers, in_channels=network.in_channels, image_size=network.image_size)
     stages = tuple(check_stages(options.stages, model))
+    every_layer = options.layers is None or layers == check_layers(
+        model, None, in_channels=network.in_channels, image_size=network.image_size
+    )
     picture = resolve_image(
         options.image,
         run.manifest(),
@@ -180,7 +217,8 @@ def compute(run: Run, options: FeaturemapsOptions) -> FeaturemapsResult:
     maps = capture_featuremaps(model, picture.tensor, layers, stages_of(model))
     drawn = {f"{name}.{s}": maps.activations[f"{name}.{s}"] for name in layers for s in stages}
     chosen = {key: top_channels(activation, options.top) for key, activation in drawn.items()}
-    return FeaturemapsResult(run.id, run.dir, options, checkpoint, picture, layers, maps, drawn, chosen, stages)
+    return FeaturemapsResult(run.id, run.dir, options, checkpoint, picture, layers, maps, drawn, chosen, stages,
+                             every_layer)
 
 
 def _map_title(key: str, activation: torch.Tensor, channels: list[int]) -> str:
@@ -196,7 +234,8 @@ def _map_title(key: str, activation: torch.Tensor, channels: list[int]) -> str:
 
 
 def write(run: Run, result: FeaturemapsResult) -> list[Path]:
-    """input.png (for a picture), <layer>-<stage>.png, overview.png and activations.safetensors, all or nothing."""
+    """input.png (for a picture), <layer>-<stage>.png, overview.png and activations.safetensors (named from
+    the options when they are not the defaults), all or nothing."""
     from cnnviz_cli.data.pictures import save_input
     from cnnviz_cli.featuremaps import STAGE_TITLES
     from cnnviz_cli.plots.common import png_bytes
@@ -204,6 +243,7 @@ def write(run: Run, result: FeaturemapsResult) -> list[Path]:
     from cnnviz_cli.store.checkpoint import save_tensors
 
     record = result.record()
+    metadata = {key: value for key, value in record.items() if key != "variants"}  # in each picture
     section = result.section
     picture = result.picture
     subtitle = f"{result.described} · {result.answer}"
@@ -217,8 +257,8 @@ def write(run: Run, result: FeaturemapsResult) -> list[Path]:
             channels = result.chosen[key]
             title = f"{_map_title(key, activation, channels)}\n{subtitle}"
             figure = featuremap_figure(activation, channels, picture.tensor[0], stage=key.rsplit(".", 1)[1], title=title)
-            png = png_bytes(figure, {**record, "map": key, "channels": channels})
-            paths.append(staging.write_bytes(f"{section}/{key.replace('.', '-')}.png", png, kind="image"))
+            png = png_bytes(figure, {**metadata, "map": key, "channels": channels})
+            paths.append(staging.write_bytes(result.map_relpath(key), png, kind="image"))
 
         row_titles = {
             key: f"{key.rsplit('.', 1)[0]} {STAGE_TITLES[key.rsplit('.', 1)[1]]}: {a.shape[0]} channels of "
@@ -227,10 +267,10 @@ def write(run: Run, result: FeaturemapsResult) -> list[Path]:
         }
         title = f"Feature maps of run {run.id}\n{subtitle}"
         overview = overview_figure(result.drawn, picture.tensor[0], title=title, row_titles=row_titles)
-        png = png_bytes(overview, {**record, "maps": list(result.drawn)})
-        paths.append(staging.write_bytes(f"{section}/overview.png", png, kind="image"))
+        png = png_bytes(overview, {**metadata, "maps": list(result.drawn)})
+        paths.append(staging.write_bytes(result.overview_relpath, png, kind="image"))
 
-        relpath = f"{section}/activations.safetensors"
+        relpath = result.tensors_relpath
         save_tensors(staging.path(relpath, kind="tensors"), result.tensors(), metadata=result.tensor_metadata())
         paths.append(staging.final_path(relpath))
     return paths

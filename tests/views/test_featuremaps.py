@@ -103,7 +103,10 @@ def test_top_k_and_all_stages(store_copy, tiny_data):
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     names = [p.rsplit("/", 1)[1] for p in doc["images"]]
-    assert names == ["conv2-conv.png", "conv2-relu.png", "conv2-pool.png", "overview.png"]
+    # Named from the options, so they erase none of the default call's pictures.
+    assert names == ["conv2-conv.top3.png", "conv2-relu.top3.png", "conv2-pool.top3.png",
+                     "overview.conv2.conv+relu+pool.top3.png"]
+    assert doc["tensors"][0].endswith("/activations.conv2.safetensors")
     saved = load_file(doc["tensors"][0])
     assert sorted(k for k in saved if k.startswith("conv")) == ["conv2.conv", "conv2.pool", "conv2.relu"]
     for key, channels in doc["channels"].items():
@@ -191,3 +194,22 @@ def test_clean_errors_leave_the_store_unchanged(store_copy, tiny_data, tmp_path,
     result = cli("featuremaps", "--artifacts", store, "--data-dir", tiny_data, *args)
     assert_clean_error(result, code, *needles)
     assert tree_digest(store) == before
+
+
+def test_other_options_keep_the_default_pictures_and_the_manifest_lists_both(store_copy, tiny_data):
+    store, run_id = store_copy
+    base = ("featuremaps", "--image", "0", "--artifacts", store, "--data-dir", tiny_data, "--quiet")
+    assert cli(*base).exit_code == 0
+    folder = store / run_id / "featuremaps" / "test-0"
+    overview = (folder / "overview.png").read_bytes()
+    assert cli(*base, "--stage", "all").exit_code == 0
+    assert cli(*base, "--stage", "all").exit_code == 0  # a repeat replaces its own files only
+    assert (folder / "overview.png").read_bytes() == overview
+    assert sorted(p.name for p in folder.glob("overview*")) == ["overview.conv+relu+pool.png", "overview.png"]
+    record = json.loads((store / run_id / "manifest.json").read_text())["outputs"]["featuremaps/test-0"]
+    overviews = {k: (v["stages"], v["top"]) for k, v in record["variants"].items() if v["kind"] == "overview"}
+    assert overviews == {
+        "featuremaps/test-0/overview.png": (["relu"], None),
+        "featuremaps/test-0/overview.conv+relu+pool.png": (["conv", "relu", "pool"], None),
+    }
+    assert set(record["files"]) >= set(record["variants"])
