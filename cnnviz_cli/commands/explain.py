@@ -31,7 +31,7 @@ def main(
         typer.Option(
             "--method",
             "-m",
-            help=f"{explain.methods_phrase(explain.METHODS)} (repeatable). \\[default: all]",
+            help=f"{explain.methods_phrase(explain.METHODS)} (repeatable). \\[default: all but gradcam]",
             show_default=False,
         ),
     ] = None,

@@ -169,9 +169,8 @@ class GradCamMethod(AttributionMethod):
         if not bool((cam > 0).any()):
             details["all_zero"] = True
             warnings.warn(
-                f"Grad-CAM on {self.layer} is zero everywhere: weighted by its position-averaged gradient, "
-                "no feature map supports this class. This model's classifier weighs every position "
-                "separately, which Grad-CAM's averaging ignores; hirescam or integrated-gradients show more.",
+                f"Grad-CAM on {self.layer} is empty for this class (its position-averaged gradients cancel); "
+                "hirescam shows more.",
                 stacklevel=2,
             )
         return values[0, 0], details
@@ -210,12 +209,15 @@ METHODS: dict[str, type[AttributionMethod]] = {
     for cls in (SaliencyMethod, IntegratedGradientsMethod, OcclusionMethod, GradCamMethod, HiResCamMethod)
 }
 LAYER_METHODS = tuple(name for name, method in METHODS.items() if method.uses_layer)
+# Without --method: every method but Grad-CAM, whose map is often empty on a classifier that weighs every
+# position separately (the plain CNN); it stays available by name.
+DEFAULT_METHODS = tuple(name for name in METHODS if name != "gradcam")
 
 
 def check_methods(names: Sequence[str] | None) -> list[str]:
-    """The requested method names in order (all of them when none are given); unknown names are refused."""
+    """The requested method names in order (DEFAULT_METHODS when none are given); unknown names are refused."""
     if not names:
-        return list(METHODS)
+        return list(DEFAULT_METHODS)
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise UsageError(
@@ -289,7 +291,7 @@ class ExplainOptions:
     """Which image, methods, class and layer; checked when built, so a mistake is reported before the store is opened."""
 
     image: str  # an index into the split, or a picture's path
-    methods: tuple[str, ...] | None = None  # None: every method
+    methods: tuple[str, ...] | None = None  # None: DEFAULT_METHODS
     target: str | None = None  # a class index or name; None: the predicted class
     layer: str | None = None  # for the layer methods; None: the last conv layer
     split: str = "test"
