@@ -37,12 +37,16 @@ def main(
     Example: cnnviz import --model torchvision:resnet18 --weights resnet.pt --dataset fashion-mnist
     """
     from cnnviz_cli import console
-    from cnnviz_cli.data.datasets import CLASS_NAMES, check_dataset
+    from cnnviz_cli.data.datasets import CLASS_NAMES, check_dataset, is_folder
+    from cnnviz_cli.errors import UsageError
     from cnnviz_cli.models.spec import model_config, parse_spec
     from cnnviz_cli.store.imported import import_run
     from cnnviz_cli.store.runs import Store
 
-    classes = CLASS_NAMES[check_dataset(dataset)]
+    checked = check_dataset(dataset)
+    if is_folder(checked):
+        raise UsageError("--model with an image folder is not supported here yet.", "Import weights trained on mnist or fashion-mnist.")
+    classes = CLASS_NAMES[checked]
     config = model_config(parse_spec(model, kernel_size), in_channels=1, num_classes=len(classes), image_size=28)
     store = Store.from_option(artifacts)
     run = import_run(

@@ -71,10 +71,14 @@ def main(
 def _config(model, kernel_size, dataset, run_id, artifacts):
     """The ModelConfig to describe, and the run it comes from (None for a spec)."""
     if model is not None:
-        from cnnviz_cli.data.datasets import CLASS_NAMES, check_dataset
+        from cnnviz_cli.data.datasets import CLASS_NAMES, check_dataset, is_folder
+        from cnnviz_cli.errors import UsageError
         from cnnviz_cli.models.spec import model_config, parse_spec
 
-        classes = CLASS_NAMES[check_dataset(dataset)]
+        checked = check_dataset(dataset)
+        if is_folder(checked):
+            raise UsageError("--model with an image folder is not supported here yet.", "Train a run on the folder, then use --run.")
+        classes = CLASS_NAMES[checked]
         return model_config(parse_spec(model, kernel_size), in_channels=1, num_classes=len(classes), image_size=28), None
     from cnnviz_cli.config import ModelConfig
     from cnnviz_cli.errors import ArtifactError
