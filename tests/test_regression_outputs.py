@@ -23,6 +23,8 @@ What is normalised, and why (everything else is compared exactly):
 - PNG text chunks and report.html: checkpoint sha256 values are masked (same reason); embedded PNGs
   are compared like PNG files; the per-epoch seconds of the report's training table are masked.
 - history.csv: the ``seconds`` column (epoch durations) is left out.
+- The Python version (``versions.python`` in manifests, the report's versions row) is the machine's, not
+  the code's: CI runs Debian's Python 3.11.2, a developer's machine may run another 3.11.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ UPDATE = os.environ.get("CNNVIZ_UPDATE_GOLDEN", "") not in ("", "0")
 # Keys whose values depend on the clock or the process, not on the code (plus every "seconds..." key);
 # "bytes" is a file's size, and files that record durations (history.csv, comparison.json, report.html)
 # change size with the number of digits of a duration: the files themselves are compared below.
-VOLATILE_KEYS = {"created", "updated", "owner", "bytes"}
+VOLATILE_KEYS = {"created", "updated", "owner", "bytes", "python"}
+PYTHON_VERSION = re.compile(r"python \d+\.\d+\.\d+")
 SHA256 = re.compile(rb"[0-9a-f]{64}")
 # A row of the report's training table: epoch, 4 metrics, then the epoch's duration in seconds.
 HISTORY_ROW_SECONDS = re.compile(
@@ -127,6 +130,7 @@ def _digest_html(text: str, replacements: dict[str, str]) -> str:
         text = text.replace(old, new)
     text = SHA256.sub(b"<SHA256>", text.encode()).decode()
     text = HISTORY_ROW_SECONDS.sub(r"\1<SECONDS>\2", text)
+    text = PYTHON_VERSION.sub("python <VERSION>", text)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
