@@ -69,14 +69,13 @@ def test_weights_that_do_not_fit_the_declared_architecture_are_refused(tmp_path)
     tensors, metadata = read_tensors(path)
     metadata["model_config"] = ModelConfig(channels=(4, 3), kernel_size=3).to_json()  # conv1 claims 4 filters
     save_tensors(path, tensors, metadata)
-    with pytest.raises(ArtifactError, match="do not fit the architecture") as error:
+    with pytest.raises(ArtifactError, match="do not fit the model it describes") as error:
         load_checkpoint(path)
     message = error.value.message
     assert error.value.exit_code == EXIT_ARTIFACT and "\n" not in message  # one line, not torch's whole list
-    assert message.endswith(
-        "describes: size mismatch for conv1.weight: copying a param with shape torch.Size([2, 1, 3, 3]) from"
-        " checkpoint, the shape in current model is torch.Size([4, 1, 3, 3])."
-    )
+    # Every mis-shaped tensor is named with both shapes (checked on the meta device, before allocating).
+    assert "conv1.weight [2, 1, 3, 3] (model [4, 1, 3, 3])" in message
+    assert "conv2.weight [3, 2, 3, 3] (model [3, 4, 3, 3])" in message
 
 
 @pytest.mark.parametrize(
