@@ -1,4 +1,4 @@
-"""cnnviz: train a small CNN on MNIST-like images and see what it learned."""
+"""cnnviz: train a CNN on images (or import one) and see what it learned."""
 
 __version__ = "0.1.0"
 

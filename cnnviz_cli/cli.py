@@ -143,10 +143,9 @@ def main_options(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    """cnnviz: train a small CNN on MNIST-like images, then look inside it.
+    """cnnviz: train a CNN on images (or import one), then look inside it.
 
-    Every training creates a run folder in the artifact store (./artifacts); the other commands
-    read the latest complete run, or the one given with --run, and write their pictures into it.
+    Every training creates a run folder in the artifact store (./artifacts); the other commands read the latest complete run, or the one given with --run, and write their pictures into it.
     """
     if debug:
         os.environ["CNNVIZ_DEBUG"] = "1"

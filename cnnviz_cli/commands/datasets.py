@@ -29,8 +29,7 @@ def main(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Show what an image folder holds: classes with counts, picture sizes, channels, unreadable and
-    ignored files, and the train/val/test split `cnnviz train --dataset PATH` would make.
+    """Show what an image folder holds: classes with counts, picture sizes, channels, unreadable and ignored files, and the train/val/test split `cnnviz train --dataset PATH` would make.
 
     The pictures are decoded into the cache on the way, so the training that follows starts at once.
 
