@@ -338,10 +338,22 @@ class ExplainResult:
         section = self.section
         is_file = self.picture.provenance["kind"] == "file"
         return {
-            "figure": f"{section}/explain.png",
-            "tensors": f"{section}/attributions.safetensors",
+            "figure": f"{section}/explain{self.tag}.png",
+            "tensors": f"{section}/attributions{self.tag}.safetensors",
             "input": f"{section}/input.png" if is_file else None,
         }
+
+    @property
+    def tag(self) -> str:
+        """Nothing for the default options, else named from them (explain.gradcam.png, explain.target-3.png),
+        so a call with other options erases no earlier picture; a repeat replaces its own."""
+        options = self.options
+        parts = [] if options.methods == DEFAULT_METHODS else ["+".join(options.methods)]
+        if options.target is not None:
+            parts.append(f"target-{self.explanation.target}")
+        if options.layer is not None:
+            parts.append(options.layer)
+        return "".join(f".{part}" for part in parts)
 
     def class_doc(self, index: int) -> dict:
         probability = round(float(self.explanation.probabilities[index]), 6)
@@ -373,6 +385,11 @@ class ExplainResult:
             "predicted": self.class_doc(self.explanation.predicted),
             "layer": self.layer if options.uses_layer else None,
             "checkpoint_sha256": self.checkpoint.sha256,
+            "variants": {
+                rel: {"kind": kind, "methods": list(options.methods), "target": self.explanation.target,
+                      "layer": self.layer if options.uses_layer else None}
+                for kind, rel in self.relpaths().items() if rel and kind != "input"
+            },
         }
 
     def tensor_metadata(self) -> dict[str, str]:

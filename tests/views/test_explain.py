@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,11 +121,11 @@ def test_several_methods_make_one_figure_and_are_recorded(store_copy, tiny_data)
     tensors, metadata = _tensors(doc["attributions"])
     assert set(tensors) == set(default) and all(t.shape == (28, 28) for t in tensors.values())
     assert json.loads(metadata["methods"]) == default
-    assert doc["figure"] == str(artifacts / run_id / "explain" / "test-7" / "explain.png")
+    assert doc["figure"] == str(artifacts / run_id / "explain" / "test-7" / "explain.target-9.png")  # --target
 
     manifest = json.loads((artifacts / run_id / "manifest.json").read_text())
     output = manifest["outputs"]["explain/test-7"]
-    assert output["files"] == ["explain/test-7/attributions.safetensors", "explain/test-7/explain.png"]
+    assert output["files"] == ["explain/test-7/attributions.target-9.safetensors", "explain/test-7/explain.target-9.png"]
     assert output["methods"] == default and output["target"]["index"] == 9
     assert output["checkpoint_sha256"] == manifest["files"]["model.safetensors"]["sha256"]
     for rel in output["files"]:
@@ -143,7 +144,7 @@ def test_own_picture(store_copy, tiny_data, tmp_path):
     assert "cropped to the 10×10 ink box" in result.stderr and "fitted into 20×20 (20×20)" in result.stderr
     assert doc["image"]["kind"] == "file" and doc["image"]["preprocess"] == "mnist"
     assert "/explain/square-" in doc["figure"]
-    assert doc["images"] == [doc["figure"], doc["figure"].replace("explain.png", "input.png")]
+    assert doc["images"] == [doc["figure"], str(Path(doc["figure"]).with_name("input.png"))]
     assert _tensors(doc["attributions"])[0]["occlusion"].shape == (28, 28)
 
 
@@ -207,3 +208,23 @@ def test_an_all_zero_gradcam_is_reported():
     # The signed map still shows the (negative) evidence: -0.01 × 1.0 at each of 32 × 7 × 7 pooled units.
     assert float(hirescam.values.max()) <= 0 < -float(hirescam.values.min())
     assert hirescam.details["map_sum"] == pytest.approx(-0.01 * 32 * 49, rel=1e-5)
+
+
+def test_other_methods_keep_the_default_picture_and_the_manifest_lists_both(store_copy, tiny_data):
+    artifacts, run_id = store_copy
+    folder = artifacts / run_id / "explain" / "test-3"
+    _explain(artifacts, tiny_data, "--image", "3")
+    default = (folder / "explain.png").read_bytes()
+    doc, _ = _explain(artifacts, tiny_data, "--image", "3", "--method", "gradcam", "--target", "1")
+    assert doc["figure"] == str(folder / "explain.gradcam.target-1.png")
+    _explain(artifacts, tiny_data, "--image", "3", "--method", "gradcam", "--target", "1")  # replaces its own
+    assert (folder / "explain.png").read_bytes() == default
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "attributions.gradcam.target-1.safetensors", "attributions.safetensors", "explain.gradcam.target-1.png",
+        "explain.png",
+    ]
+    record = json.loads((artifacts / run_id / "manifest.json").read_text())["outputs"]["explain/test-3"]
+    figures = {k: (v["methods"], v["target"]) for k, v in record["variants"].items() if v["kind"] == "figure"}
+    assert figures["explain/test-3/explain.gradcam.target-1.png"] == (["gradcam"], 1)
+    assert figures["explain/test-3/explain.png"][0] == list(DEFAULT_METHODS)
+    assert set(record["files"]) == set(record["variants"])
