@@ -63,6 +63,8 @@ def _every_view(store: Path, data: Path, run_id: str, expect_layers: dict) -> di
                        "--method", "saliency"),
         "evolution": _ok("evolution", *common, "--image", "0", "--format", "png", "--data-dir", data),
         "report": _ok("report", *common, "--images", "1", "--data-dir", data),
+        "maximize": _ok("maximize", *common, "--layer", expect_layers["maximize"], "--channel", "0", "--channel", "3",
+                        "--steps", "8", "--data-dir", data),
     }
     for command, doc in docs.items():
         images = doc.get("images")
@@ -75,16 +77,28 @@ def _every_view(store: Path, data: Path, run_id: str, expect_layers: dict) -> di
     assert docs["evolution"]["layer"] == expect_layers["filters"][0]
     assert list(docs["patches"]["layers"]) == expect_layers["maps"][:1]
     assert 0.0 <= docs["evaluate"]["accuracy"] <= 1.0 and docs["evaluate"]["n"] == 64
+    maximized = docs["maximize"]
+    assert maximized["layer"] == expect_layers["maximize"] and maximized["steps"] == 8
+    assert [entry["channel"] for entry in maximized["channels"]] == [0, 3] and maximized["searched"] == 64
+    assert set(maximized["channels"][0]) == {"channel", "activation", "peak", "dataset_max", "dataset_max_image",
+                                             "exceeds_dataset"}
+    top, left, bottom, right = maximized["window"]  # the traced field of the centre unit, not whole images
+    assert bottom - top == right - left < 28 and Path(maximized["tensors"]).stat().st_size > 0
     return docs
 
 
 CASES = {
-    "torchvision:resnet18": {"filters": ["conv1", "layer4.1.conv2"], "maps": ["conv1", "layer3"]},
-    "torchvision:vgg11_bn": {"filters": ["features.0", "features.25"], "maps": ["features.0", "features.27"]},
+    "torchvision:resnet18": {
+        "filters": ["conv1", "layer4.1.conv2"], "maps": ["conv1", "layer3"], "maximize": "layer1.0.conv1",
+    },
+    "torchvision:vgg11_bn": {
+        "filters": ["features.0", "features.25"], "maps": ["features.0", "features.27"], "maximize": "features.4",
+    },
     "torchvision:mobilenet_v3_small": {
         "filters": ["features.0.0", "features.12.0"], "maps": ["features.0.0", "features.9.block.0"],
+        "maximize": "features.1.block.0.0",
     },
-    "python:factories:two_path": {"filters": ["stem", "merge"], "maps": ["stem", "merge"]},
+    "python:factories:two_path": {"filters": ["stem", "merge"], "maps": ["stem", "merge"], "maximize": "merge"},
 }
 
 

@@ -173,20 +173,27 @@ def input_spec(checkpoint: Checkpoint) -> tuple[tuple[int, int, int], tuple[floa
     return shape, mean, std
 
 
-def _field(model, layer: str | None) -> ReceptiveField | None:
-    """The receptive field of the layer's units where cnnviz knows it (the tutorial network's blocks)."""
+def _field(model, config, layer: str | None) -> ReceptiveField | None:
+    """The receptive field of the layer's units: the tutorial network's blocks from its config, any other
+    network's layer traced through its graph; None (whole images) where the layer sees the whole input or its
+    field is not square."""
     from cnnviz_cli.models.network import Net
-    from cnnviz_cli.models.receptive import field_for
+    from cnnviz_cli.models.receptive import field_for, network_fields
 
-    if layer is None or not isinstance(model, Net):
+    if layer is None:
         return None
-    config = model.config
-    for block in config.conv_names:
-        index = block.removeprefix("conv")
-        for stage in ("conv", "relu", "pool"):
-            if layer == f"{stage}{index}":
-                return field_for(config, block, stage)
-    return None
+    if isinstance(model, Net):
+        config = model.config
+        for block in config.conv_names:
+            index = block.removeprefix("conv")
+            for stage in ("conv", "relu", "pool"):
+                if layer == f"{stage}{index}":
+                    return field_for(config, block, stage)
+        return None
+    try:
+        return network_fields(model, config, [layer])[0]
+    except UsageError:  # no spatial output, or a non-square field: compare whole images
+        return None
 
 
 def _stored_top(run: Run, checkpoint: Checkpoint, layer: str, split: str, indices: Sequence[int]) -> TopK | None:
@@ -261,7 +268,7 @@ def compute(
         model, options.layer, indices, input_shape=shape, mean=mean, std=std, config=options.config, basis=basis,
         on_step=on_step,
     )
-    field = _field(model, options.layer)
+    field = _field(model, checkpoint.model_config, options.layer)
     top, patches_from = None, "computed"
     if field is not None:
         top = _stored_top(run, checkpoint, options.layer, split.name, maximized.indices)
