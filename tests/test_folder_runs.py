@@ -94,3 +94,20 @@ def test_the_tutorial_network_learns_coloured_shapes(tmp_path):
     top2 = response.sort(dim=1, descending=True).values[:, :2]
     selective = ((top2[:, 0] > 0.5) & (top2[:, 0] > 3 * top2[:, 1])).sum().item()
     assert selective >= 4, response
+
+
+def test_evolution_prepares_an_own_picture_at_the_runs_image_size(folder_store, shapes_folder, tmp_path):
+    """The run's network takes 24×24 pictures: an own picture is prepared at that size, not at MNIST's 28."""
+    import shutil
+
+    store = tmp_path / "artifacts"
+    shutil.copytree(folder_store[0], store)
+    own = shapes_folder / "red_discs" / "red_disc-0004.png"
+    result = cli("evolution", "--layer", "conv1", "--image", own, "--artifacts", store, "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    inputs = [p for p in document["images"] if "/input-" in p]
+    assert inputs, document["images"]
+    from PIL import Image
+
+    assert Image.open(inputs[0]).size == (24, 24)

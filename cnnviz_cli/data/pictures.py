@@ -117,6 +117,22 @@ def from_folder_file(path: Path, *, size: int, channels: int, mean=None, std=Non
     )
 
 
+def resolve_view_image(options, manifest: dict, image_size: int) -> InputImage:
+    """The picture of a per-image view (featuremaps, explain, evolution): ``options`` carries ``image``,
+    ``split``, ``data_dir``, ``offline``, ``invert`` and ``preprocess``; ``image_size`` is the network's input
+    size, so an own picture is prepared at the size the run's network takes."""
+    return resolve_image(
+        options.image,
+        manifest,
+        split=options.split,
+        data_dir=options.data_dir,
+        offline=options.offline,
+        invert=options.invert,
+        preprocess=options.preprocess,
+        size=image_size,
+    )
+
+
 def resolve_image(
     spec: str,
     manifest: dict,

@@ -405,12 +405,11 @@ def compute(run: Run, options: EvolutionOptions, *, on_epoch: EpochCallback | No
     checkpoints = epoch_checkpoints(run, manifest)  # refuses a run that kept only its last checkpoint
     image = None
     if options.image is not None:
-        from cnnviz_cli.data.pictures import resolve_image
+        from cnnviz_cli.config import ModelConfig
+        from cnnviz_cli.data.pictures import resolve_view_image
 
-        image = resolve_image(
-            options.image, manifest, split=options.split, data_dir=options.data_dir, offline=options.offline,
-            invert=options.invert, preprocess=options.preprocess,
-        )
+        # At the network's own input size: a 28×28 picture would not fit a network trained on 32×32 images.
+        image = resolve_view_image(options, manifest, ModelConfig.from_manifest(manifest).image_size)
     first = initial_model(manifest) if options.initial else None
     if first is not None:
         checkpoints = [EpochCheckpoint(0, None, None), *checkpoints]

@@ -442,24 +442,14 @@ class ExplainResult:
 
 def compute(run: Run, options: ExplainOptions) -> ExplainResult:
     """Load the run's model, prepare the image and compute the chosen methods' maps."""
-    from cnnviz_cli.data.pictures import resolve_image
+    from cnnviz_cli.data.pictures import resolve_view_image
     from cnnviz_cli.store.checkpoint import load_run_model
 
     model, checkpoint = load_run_model(run, "cpu")
     network = checkpoint.model_config
     layer = gradcam_layer(model, network.in_channels, network.image_size, options.layer)
     target = check_target(options.target, checkpoint.classes)
-    picture = resolve_image(
-        options.image,
-        run.manifest(),
-        split=options.split,
-        dataset=checkpoint.dataset,
-        data_dir=options.data_dir,
-        offline=options.offline,
-        invert=options.invert,
-        preprocess=options.preprocess,
-        size=checkpoint.model_config.image_size,
-    )
+    picture = resolve_view_image(options, run.manifest(), network.image_size)
     explanation = explain(model, picture.tensor, options.methods, target=target, layer=layer)
     return ExplainResult(run.id, run.dir, options, checkpoint, picture, layer, explanation)
 

@@ -192,7 +192,7 @@ class FeaturemapsResult:
 
 def compute(run: Run, options: FeaturemapsOptions) -> FeaturemapsResult:
     """Prepare the image, run it through the model and keep every stage of the chosen layers."""
-    from cnnviz_cli.data.pictures import resolve_image
+    from cnnviz_cli.data.pictures import resolve_view_image
     from cnnviz_cli.featuremaps import capture_featuremaps, top_channels
     from cnnviz_cli.models.probe import check_layers, check_stages, stages_of
     from cnnviz_cli.store.checkpoint import load_run_model
@@ -204,16 +204,7 @@ def compute(run: Run, options: FeaturemapsOptions) -> FeaturemapsResult:
     every_layer = options.layers is None or layers == check_layers(
         model, None, in_channels=network.in_channels, image_size=network.image_size
     )
-    picture = resolve_image(
-        options.image,
-        run.manifest(),
-        split=options.split,
-        data_dir=options.data_dir,
-        offline=options.offline,
-        invert=options.invert,
-        preprocess=options.preprocess,
-        size=checkpoint.model_config.image_size,
-    )
+    picture = resolve_view_image(options, run.manifest(), network.image_size)
     maps = capture_featuremaps(model, picture.tensor, layers, stages_of(model))
     drawn = {f"{name}.{s}": maps.activations[f"{name}.{s}"] for name in layers for s in stages}
     chosen = {key: top_channels(activation, options.top) for key, activation in drawn.items()}
