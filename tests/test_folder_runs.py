@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
-from helpers import SHAPE_CLASSES, assert_clean_error, cli, write_picture_folder
+from helpers import SHAPE_CLASSES, assert_clean_error, cli, tree_digest, write_picture_folder
 
 from cnnviz_cli.store.runs import Store
 
@@ -111,3 +112,26 @@ def test_evolution_prepares_an_own_picture_at_the_runs_image_size(folder_store, 
     from PIL import Image
 
     assert Image.open(inputs[0]).size == (24, 24)
+
+
+def test_resume_of_a_folder_run_that_moved_names_the_fix_and_takes_its_new_place(shapes_folder, tmp_path):
+    folder = tmp_path / "shapes"
+    shutil.copytree(shapes_folder, folder)  # same files, sizes and times: the decoded cache still fits
+    store = tmp_path / "artifacts"
+    first = cli("train", "--dataset", folder, "--image-size", "24", "--epochs", "1", "--artifacts", store,
+                "--json", "--quiet")
+    assert first.exit_code == 0, first.stderr
+    run_id = json.loads(first.stdout)["run_id"]
+    moved = folder.rename(tmp_path / "moved")
+    before = tree_digest(store)
+    result = cli("train", "--artifacts", store, "--resume", run_id, "--epochs", "2")
+    assert_clean_error(result, 3, f"image folder {folder}, which is no longer there", "--dataset PATH")
+    assert tree_digest(store) == before
+
+    result = cli("train", "--artifacts", store, "--resume", run_id, "--dataset", moved, "--epochs", "2",
+                 "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    manifest = manifest_of(store, run_id)
+    assert manifest["status"] == "complete" and len(manifest["history"]) == 2
+    assert manifest["dataset"] == manifest["options"]["dataset"] == manifest["folder"]["path"] == str(moved)
+    assert cli("evaluate", "--artifacts", store, "--quiet").exit_code == 0  # the views find it there too

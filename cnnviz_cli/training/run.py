@@ -27,7 +27,7 @@ from cnnviz_cli import __version__
 from cnnviz_cli.config import TrainConfig
 from cnnviz_cli.data.datasets import CLASS_NAMES, load_split, to_float
 from cnnviz_cli.data.recipes import recipe_for
-from cnnviz_cli.errors import ArtifactError, Interrupted, UsageError
+from cnnviz_cli.errors import ArtifactError, DataError, Interrupted, UsageError
 from cnnviz_cli.models.spec import build_from_config
 from cnnviz_cli.store.checkpoint import MODEL_FILE, load_checkpoint, read_tensors, save_checkpoint, save_tensors
 from cnnviz_cli.store.runs import Run, Store, atomic_write_bytes, effective_status, utc_now
@@ -257,7 +257,9 @@ def _train_run(
             )
         comm.by_main(lambda: store.check_name_free(name))
     if resume is not None:
-        run, config, history = comm.by_main(lambda: _prepare_resume(store, resume, config, epochs_given))
+        run, config, history, data_dir = comm.by_main(
+            lambda: _prepare_resume(store, resume, config, epochs_given, data_dir)
+        )
     else:
         comm.by_main(store.check_writable)
         run, history = None, []
@@ -314,7 +316,7 @@ def _train_run(
             name=name,
         ))
     else:
-        comm.by_main(lambda: _restart(run, config, len(history), comm.record()))
+        comm.by_main(lambda: _restart(run, config, len(history), comm.record(), data_dir))
     if history:
         weights, opt_tensors = comm.by_main(lambda: _resume_state(run, len(history)))
         net.load_state_dict(weights)
@@ -450,9 +452,10 @@ def _store_epoch(
 
 
 def _prepare_resume(
-    store: Store, run_id: str, requested: TrainConfig, epochs_given: bool
-) -> tuple[Run, TrainConfig, list[dict]]:
-    """The run to continue, its own config (with the requested epochs, if given) and its history."""
+    store: Store, run_id: str, requested: TrainConfig, epochs_given: bool, data_dir: Path | None
+) -> tuple[Run, TrainConfig, list[dict], Path | None]:
+    """The run to continue, its own config (with the requested epochs, if given), its history and where
+    its data is: ``data_dir`` if given, else the folder the run recorded (see ``_resume_data``)."""
     run = store.get(run_id)
     manifest = effective_status(run.manifest())
     if manifest["status"] == "running":
@@ -464,6 +467,7 @@ def _prepare_resume(
     history = list(manifest.get("history", []))
     epochs = requested.epochs if epochs_given else original.epochs
     config = replace(original, epochs=epochs, device=requested.device)
+    config, data_dir = _resume_data(run.id, manifest, config, requested, data_dir)
     # A run killed while writing its final files has every epoch but is not complete: finish it.
     unfinished = manifest["status"] != "complete" and len(history) == config.epochs
     if len(history) >= config.epochs and not unfinished:
@@ -471,16 +475,55 @@ def _prepare_resume(
             f"Run '{run.id}' has already trained {len(history)} epochs.",
             f"Pass --epochs N with N > {len(history)} to train it further.",
         )
-    return run, config, history
+    return run, config, history, data_dir
 
 
-def _restart(run: Run, config: TrainConfig, done: int, distributed: dict | None = None) -> None:
+def _resume_data(
+    run_id: str, manifest: dict, config: TrainConfig, requested: TrainConfig, data_dir: Path | None
+) -> tuple[TrainConfig, Path | None]:
+    """Where a resumed run reads its data: the --data-dir (or --dataset folder) given now, else the one
+    it was trained from; a recorded folder that is gone is refused, naming the option that fixes it."""
+    if requested.is_folder:
+        if not config.is_folder:
+            raise UsageError(
+                f"Run '{run_id}' was trained on {config.dataset}, not on an image folder.",
+                "Leave --dataset out when resuming it.",
+            )
+        return replace(config, dataset=requested.dataset), None
+    if config.is_folder:
+        if not Path(config.dataset).is_dir():
+            raise DataError(
+                f"Run '{run_id}' was trained on the image folder {config.dataset}, which is no longer there.",
+                "If it moved, pass its new place: --resume RUN --dataset PATH.",
+            )
+        return config, None
+    recorded = manifest.get("data_dir")
+    if data_dir is not None or not recorded:
+        return config, data_dir
+    if not Path(recorded).is_dir():
+        raise DataError(
+            f"Run '{run_id}' was trained on {config.dataset} files from {recorded}, which is no longer a folder.",
+            "Pass --data-dir DIR (a folder with the same IDX files) to resume it.",
+        )
+    return config, Path(recorded)
+
+
+def _restart(
+    run: Run, config: TrainConfig, done: int, distributed: dict | None = None, data_dir: Path | None = None
+) -> None:
     def change(manifest: dict) -> None:
         manifest["status"] = "running"
         manifest["owner"] = {"pid": os.getpid(), "host": socket.gethostname()}
         manifest["options"]["epochs"] = config.epochs
         manifest.pop("completed", None)
         resumed = {"at": utc_now(), "from_epoch": done}
+        # Data found in a new place is where the next resume and the views look for it.
+        if data_dir is not None and str(data_dir.resolve()) != manifest.get("data_dir"):
+            manifest["data_dir"] = resumed["data_dir"] = str(data_dir.resolve())
+        if config.is_folder and config.dataset != manifest.get("dataset"):
+            manifest["dataset"] = manifest["options"]["dataset"] = resumed["dataset"] = config.dataset
+            if isinstance(manifest.get("folder"), dict):
+                manifest["folder"]["path"] = config.dataset
         if distributed is not None:
             resumed["distributed"] = distributed
         manifest.setdefault("resumed", []).append(resumed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,24 @@ def test_final_files_are_the_history_table_and_the_curves():
     ]
     png, kind = files["curves.png"]
     assert kind == "figure" and png.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_resume_reads_the_data_folder_the_run_was_trained_from(tiny_data, tmp_path):
+    data = tmp_path / "digits"
+    shutil.copytree(tiny_data, data)
+    store = tmp_path / "artifacts"
+    run_id = _train(store, data, "--epochs", "1")["run_id"]
+    result = cli("train", "--artifacts", store, "--resume", run_id, "--epochs", "2", "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr  # no --data-dir: the manifest knows where the files are
+    assert len(json.loads(result.stdout)["history"]) == 2
+
+    moved = data.rename(tmp_path / "moved")
+    before = tree_digest(store)
+    result = cli("train", "--artifacts", store, "--resume", run_id, "--epochs", "3")
+    assert_clean_error(result, 3, f"from {data}, which is no longer a folder", "pass --data-dir")
+    assert tree_digest(store) == before
+
+    doc = _train(store, moved, "--resume", run_id, "--epochs", "3")
+    manifest = json.loads((store / run_id / "manifest.json").read_text())
+    assert len(doc["history"]) == 3 and manifest["status"] == "complete"
+    assert manifest["data_dir"] == str(moved) and manifest["resumed"][-1]["data_dir"] == str(moved)
