@@ -486,7 +486,7 @@ def work_model_loop(spec: dict) -> dict:
     from cnnviz_cli.data.datasets import load_split, to_float
     from cnnviz_cli.models.spec import build_model, parse_spec
     from cnnviz_cli.training.device import pick_device
-    from cnnviz_cli.training.loop import epoch_generator, evaluate, train_epoch
+    from cnnviz_cli.training.loop import epoch_generator, evaluate, make_optimizer, train_epoch
 
     variant, seed, epochs = spec["variant"], spec["seed"], spec["epochs"]
     data_dir = Path(spec["data_dir"]) if spec.get("data_dir") else None
@@ -496,7 +496,10 @@ def work_model_loop(spec: dict) -> dict:
     pick_device("cpu")  # sets the same thread count on both sides
     torch.manual_seed(seed)
     model = build_model(parse_spec(MODEL_SPEC), in_channels=1, num_classes=10, image_size=28).model
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    if variant == "plain":
+        optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    else:  # what `cnnviz train --model torchvision:...` uses
+        optimizer = make_optimizer(model, LR, plain_cnn=False)
     started = time.perf_counter()
     if variant == "plain":
         from torch.utils.data import DataLoader
@@ -996,7 +999,7 @@ class Options:
     bf16: bool = True
     quick: bool = False
     folder_images: int = 10000
-    model_limit: int = 2048
+    model_limit: int = 12000
 
 
 class Bench:
@@ -1872,7 +1875,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="Interleaved pairs per figure (default 3; 2 with --quick).")
     parser.add_argument("--epochs", type=int, default=1, help="Epochs of the training measurements (default 1).")
     parser.add_argument("--model-limit", type=int, default=None,
-                        help="Training images of the resnet18 measurements (default 2048; 512 with --quick).")
+                        help="Training images of the resnet18 measurements (default 12000; 1024 with --quick).")
     parser.add_argument("--render-budget", type=float, default=None,
                         help="Seconds the one-subplot-per-kernel baseline may draw before extrapolating (default 20; 4 with --quick).")
     parser.add_argument("--only", default=None, help=f"Comma-separated sections to run: {', '.join(SECTIONS)}.")
@@ -1911,7 +1914,7 @@ def options_from(args: argparse.Namespace) -> Options:
         bf16=not args.no_bf16,
         quick=quick,
         folder_images=args.folder_images if args.folder_images is not None else (2000 if quick else 10000),
-        model_limit=args.model_limit if args.model_limit is not None else (512 if quick else 2048),
+        model_limit=args.model_limit if args.model_limit is not None else (1024 if quick else 12000),
     )
     if options.limit < 10:
         raise UsageError(f"--limit must be at least 10, got {options.limit}.")

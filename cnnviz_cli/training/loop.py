@@ -11,15 +11,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnviz_cli.progress import BatchCallback
-from cnnviz_cli.training.device import autocast, channels_last
+from cnnviz_cli.training.device import autocast, channels_last, match_state_layout, precision_policy
 
 if TYPE_CHECKING:
     from cnnviz_cli.training.distributed import Comm
 
 
+def make_optimizer(model: nn.Module, lr: float, *, plain_cnn: bool) -> torch.optim.Adam:
+    """Adam for training ``model``.
+
+    The plain CNNs (``tutorial``, ``cnn:...``) keep torch's default Adam, the tutorial's, so their runs
+    give the numbers they always gave. Other networks get the fused implementation on the CPU and CUDA:
+    the same algorithm in one kernel per step instead of several per parameter tensor, which made a
+    resnet18 epoch about 7% faster here; it differs from the default only in the low-order bits.
+    """
+    device = next(model.parameters()).device
+    fused = not plain_cnn and device.type in ("cpu", "cuda")
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=fused or None)
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The shuffling order of one epoch depends only on (seed, epoch), so a resumed run matches."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def seed_random_layers(seed: int, epoch: int) -> None:
+    """Dropout and other random layers draw from torch's global generator: seeded per epoch from
+    (seed, epoch), a resumed run draws in each epoch what an uninterrupted run draws."""
+    torch.manual_seed((seed * 1_000_003 + epoch) ^ 0x5EED_5EED)
 
 
 @dataclass(frozen=True)
@@ -68,7 +87,8 @@ def train_epoch(
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     processes = comm.size if comm is not None else 1
-    with channels_last(model, device):
+    with channels_last(model, device), precision_policy(model, device, precision):
+        match_state_layout(optimizer)
         for b in range(batches):
             stop = should_stop is not None and should_stop()
             if (comm.any(stop) if comm is not None else stop):

@@ -33,7 +33,14 @@ from cnnviz_cli.store.checkpoint import MODEL_FILE, load_checkpoint, read_tensor
 from cnnviz_cli.store.runs import Run, Store, atomic_write_bytes, effective_status, utc_now
 from cnnviz_cli.training.device import pick_device
 from cnnviz_cli.training.distributed import Comm, check_batch_divides, check_enough_images, joined
-from cnnviz_cli.training.loop import EpochStats, epoch_generator, evaluate, train_epoch
+from cnnviz_cli.training.loop import (
+    EpochStats,
+    epoch_generator,
+    evaluate,
+    make_optimizer,
+    seed_random_layers,
+    train_epoch,
+)
 
 # What a run's view adds when training ends: {relpath: (bytes, kind)} from (run id, config, history).
 FinalFiles = Callable[[str, TrainConfig, list[dict]], dict[str, tuple[bytes, str]]]
@@ -162,7 +169,9 @@ def _load_optimizer_tensors(optimizer: torch.optim.Adam, model: nn.Module, tenso
         state = {key: tensors[f"{name}.{key}"].to(param.device) for key in ("step", "exp_avg", "exp_avg_sq")}
         if "max_exp_avg_sq" in {k.rsplit(".", 1)[-1] for k in tensors}:
             state["max_exp_avg_sq"] = tensors[f"{name}.max_exp_avg_sq"].to(param.device)
-        state["step"] = state["step"].cpu()
+        # The default Adam keeps its step count on the CPU; the fused one beside the parameter.
+        fused = optimizer.defaults.get("fused")
+        state["step"] = state["step"].to(param.device if fused else "cpu")
         optimizer.state[param] = state
 
 
@@ -291,7 +300,7 @@ def _train_run(
     torch.manual_seed(config.seed)
     built = build_from_config(config.model)
     net = built.model.to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    optimizer = make_optimizer(net, config.lr, plain_cnn=config.model.spec is None)
     saved = {"config": config.model, "source": built.source}
 
     if run is None:
@@ -339,6 +348,7 @@ def _train_run(
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             started = time.perf_counter()
+            seed_random_layers(config.seed, epoch)
             stats = train_epoch(
                 model, optimizer, train_x, train_y,
                 batch_size=config.batch_size,

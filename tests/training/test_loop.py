@@ -14,6 +14,7 @@ from cnnviz_cli.training.loop import (
     augment_batch,
     epoch_generator,
     evaluate,
+    make_optimizer,
     predict_logits,
     train_epoch,
 )
@@ -138,3 +139,20 @@ def test_augmentation_flips_and_shifts_within_the_padding():
         assert any(
             torch.equal(shifted[i], padded[:, dy : dy + 6, dx : dx + 6]) for dy in range(9) for dx in range(9)
         )
+
+
+def test_plain_cnns_keep_the_default_adam_and_other_networks_get_the_fused_one():
+    model, _ = fresh()
+    assert not make_optimizer(model, 0.01, plain_cnn=True).defaults["fused"]
+    assert make_optimizer(model, 0.01, plain_cnn=False).defaults["fused"] is True
+
+
+def test_fused_adam_trains_to_the_same_place_as_the_default_within_rounding(tensors):
+    """The fused implementation is the same algorithm: after an epoch the weights agree to rounding."""
+    weights = []
+    for plain_cnn in (True, False):
+        model, _ = fresh()
+        optimizer = make_optimizer(model, 0.01, plain_cnn=plain_cnn)
+        train_epoch(model, optimizer, *tensors, batch_size=32, generator=epoch_generator(0, 1))
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(weights[0], weights[1], atol=1e-5)

@@ -97,6 +97,16 @@ def test_resume_continues_to_the_same_weights(tiny_data, tmp_path):
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
 
 
+def test_resume_of_a_network_trained_with_fused_adam_continues_to_the_same_weights(tiny_data, tmp_path):
+    """Networks other than the plain CNNs train with the fused Adam; its state must resume exactly too."""
+    model = ("--model", "python:factories:two_path", "--limit", "256", "--precision", "bf16")
+    full = _train(tmp_path / "full", tiny_data, "--epochs", "2", *model)
+    part = _train(tmp_path / "part", tiny_data, "--epochs", "1", *model)
+    resumed = _train(tmp_path / "part", tiny_data, "--epochs", "2", "--resume", part["run_id"])
+    wf, wr = load_file(full["checkpoint"]), load_file(resumed["checkpoint"])
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+
+
 def test_resume_needs_more_epochs(trained_store, store_copy, tiny_data):
     store, run_id = store_copy
     before = tree_digest(store)
