@@ -5,3 +5,4 @@ from __future__ import annotations
 from collections.abc import Callable
 
 BatchCallback = Callable[[int, int], None]  # (batches done, batches in total)
+StageCallback = Callable[[str, int, int], None]  # (stage such as 'decoding', done, total)

@@ -163,3 +163,19 @@ def write_picture_folder(root: Path, per_class: int = 12, seed: int = 0, extras:
         gray16 = (shape_picture(1, 44, 40, rng).mean(axis=2) * 257).astype(np.uint16)
         Image.fromarray(gray16).save(root / SHAPE_CLASSES[1] / "gray16.png")
     return root
+
+
+def brute_force_top_k(activations, k: int) -> list[list[tuple[int, int, int, float]]]:
+    """Per channel: every image's first strongest position, ranked by value, ties to the lower image index."""
+    n, c, _h, w = activations.shape
+    result = []
+    for ch in range(c):
+        candidates = []
+        for image in range(n):
+            flat = activations[image, ch].flatten()
+            best = float(flat.max())
+            position = int((flat == best).nonzero()[0])  # the first maximal position, row-major
+            candidates.append((image, position // w, position % w, best))
+        candidates.sort(key=lambda t: (-t[3], t[0]))
+        result.append(candidates[:k])
+    return result

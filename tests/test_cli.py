@@ -13,6 +13,8 @@ PACKAGE = REPO / "cnnviz_cli"
 HEAVY = {"torch", "torchvision", "matplotlib", "captum", "PIL", "numpy", "safetensors"}
 UI = {"typer", "rich", "click"}
 UI_MODULES = {"cli.py", "console.py", "__main__.py"}
+TOP_LEVEL = {"__init__.py", "__main__.py", "cli.py", "config.py", "console.py", "errors.py", "formats.py", "progress.py"}
+MODELS_NEVER_IMPORT = tuple(f"cnnviz_cli.{p}" for p in ("views", "plots", "report", "store", "training", "trackers"))
 
 
 def _top_level_imports(path: Path) -> set[str]:
@@ -76,8 +78,16 @@ def test_layers_import_only_downwards():
     for path in _package_modules("plots"):
         store = {m for m in _cnnviz_imports(path) if m.startswith("cnnviz_cli.store")}
         assert not store, f"{path.relative_to(REPO)} imports {store}: plots return figures or bytes, the store writes"
+    for path in _package_modules("models"):
+        above = {m for m in _cnnviz_imports(path) if m.startswith(MODELS_NEVER_IMPORT)}
+        assert not above, f"{path.relative_to(REPO)} imports {above}: models are built and probed below the views"
     for package in ("views", "store", "training", "models", "data", "report"):
         assert _package_modules(package)
+
+
+def test_the_package_top_level_holds_only_the_shared_modules():
+    """Everything else lives in its package (DESIGN.md): a view's core in models/, data/ or training/."""
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == sorted(TOP_LEVEL)
 
 
 def test_command_modules_import_heavy_libraries_only_inside_functions():

@@ -36,17 +36,24 @@ def main(
     Example: cnnviz datasets ./leaves --image-size 48
     """
     from cnnviz_cli import console
-    from cnnviz_cli.data.datasets import describe_folder
+
+    result = describe(path, image_size, channels, val_fraction, test_fraction, seed, quiet)
+    if not quiet:
+        print_folder(result.folder)
+    if json_out:
+        console.emit_json(result.to_json())
+
+
+def describe(path, image_size, channels, val_fraction, test_fraction, seed, quiet: bool):
+    """``views.datasets.compute`` with a progress bar per stage (used by `datasets` and `train --dry-run`)."""
+    from cnnviz_cli import console
+    from cnnviz_cli.views import datasets
 
     with console.StepPhases(quiet) as phase:
-        found = describe_folder(
+        return datasets.compute(
             path, image_size, channels, val_fraction, test_fraction, seed,
             lambda stage, done, total: phase(f"{stage} pictures")(done, total),
         )
-    if not quiet:
-        print_folder(found)
-    if json_out:
-        console.emit_json(found)
 
 
 def print_folder(found: dict) -> None:

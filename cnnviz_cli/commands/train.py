@@ -194,17 +194,13 @@ def main(
 
 def _dry_run(dataset, image_size, channels, val_fraction, test_fraction, seed, json_out, quiet) -> None:
     from cnnviz_cli import console
-    from cnnviz_cli.commands.datasets import print_folder
-    from cnnviz_cli.data.datasets import describe_folder, is_folder
+    from cnnviz_cli.commands.datasets import describe, print_folder
+    from cnnviz_cli.data.datasets import is_folder
     from cnnviz_cli.errors import UsageError
 
     if not is_folder(dataset):
         raise UsageError("--dry-run shows what an image folder holds; pass --dataset PATH.")
-    with console.StepPhases(quiet) as phase:
-        found = describe_folder(
-            dataset, image_size, channels, val_fraction, test_fraction, seed,
-            lambda stage, done, total: phase(f"{stage} pictures")(done, total),
-        )
+    found = describe(dataset, image_size, channels, val_fraction, test_fraction, seed, quiet).to_json()
     if not quiet:
         print_folder(found)
         console.info("Dry run: nothing was trained or stored.")

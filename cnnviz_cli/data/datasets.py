@@ -276,27 +276,6 @@ def _stage(on_progress, stage: str):
     return None if on_progress is None else (lambda done, total: on_progress(stage, done, total))
 
 
-def describe_folder(
-    path: str,
-    image_size: int | None = None,
-    channels: int | None = None,
-    val_fraction: float = 0.2,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-    on_progress=None,
-) -> dict:
-    """What an image folder holds and the split training would make (``folders.summary``), decoding
-    it into the cache on the way."""
-    from cnnviz_cli.data import folders
-
-    dataset = check_dataset(path)
-    if not is_folder(dataset):
-        raise UsageError(f"{path} is a named dataset; `datasets` describes image folders.", "Pass a folder's path.")
-    data = load_folder_data(dataset, image_size, channels, on_progress)
-    splits = folders.split_folder(data, val_fraction, test_fraction, seed)
-    return folders.summary(data, splits, folders.probe_folder(data.scan))
-
-
 def load_folder_split(
     dataset: str,
     split: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,6 +94,18 @@ def save_input(image: InputImage, path: Path) -> Path:
     else:
         Image.fromarray(pixels[0], mode="L").save(path)
     return path
+
+
+def image_slug(image: InputImage) -> str:
+    """Folder name for one input: 'test-7' for a dataset image, '<file stem>-<sha256[:8]>' for a picture."""
+    provenance = image.provenance
+    if provenance.get("kind") == "index":
+        return f"{provenance['split']}-{provenance['index']}"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(provenance.get("path", "image")).stem).strip("._-") or "image"
+    slug = f"{stem[:40]}-{provenance.get('sha256', '')[:8]}"
+    if provenance.get("preprocess") in ("resize", "none"):
+        slug += f"-{provenance['preprocess']}"
+    return slug + {True: "-inverted", False: "-not-inverted"}.get(provenance.get("invert"), "")
 
 
 def from_folder_file(path: Path, *, size: int, channels: int, mean=None, std=None) -> InputImage:

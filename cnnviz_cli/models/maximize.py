@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from cnnviz_cli.patches import TopK
+    from cnnviz_cli.models.patches import TopK
     from cnnviz_cli.progress import BatchCallback
 
 __all__ = [
@@ -535,7 +535,7 @@ def dataset_top(
     """
     import torch
 
-    from cnnviz_cli.patches import RunningTopK
+    from cnnviz_cli.models.patches import RunningTopK
 
     n = int(images.shape[0])
     if n == 0:

@@ -11,7 +11,7 @@ from cnnviz_cli.plots.common import caption_decimals, new_figure
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from cnnviz_cli.patches import LayerPatches
+    from cnnviz_cli.models.patches import LayerPatches
 
 OUTSIDE = (0.56, 0.74, 0.90)  # pale blue: the part of a field that lies outside the image (sees padding zeros)
 ROWS_PER_BLOCK = 16  # more channels than this are laid out in side-by-side blocks of rows

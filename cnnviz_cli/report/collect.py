@@ -625,7 +625,7 @@ class _Computer:
                 section.status = "missing"
                 section.missing = f"cnnviz featuremaps --image 0 --run {self.run.id}"
             return section
-        from cnnviz_cli.featuremaps import STAGE_TITLES
+        from cnnviz_cli.models.featuremaps import STAGE_TITLES
         from cnnviz_cli.plots.featuremaps import overview_figure
         from cnnviz_cli.views import featuremaps
 

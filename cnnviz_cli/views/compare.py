@@ -22,9 +22,9 @@ from cnnviz_cli.progress import BatchCallback
 if TYPE_CHECKING:
     import torch
 
-    from cnnviz_cli.metrics import Metrics
     from cnnviz_cli.store.checkpoint import Checkpoint
     from cnnviz_cli.store.runs import Run, Store
+    from cnnviz_cli.training.metrics import Metrics
 
 __all__ = [
     "SECTION",
@@ -415,9 +415,9 @@ def compute(
 ) -> CompareResult:
     """Evaluate both runs' final models on the same images and match their filters."""
     from cnnviz_cli.data.datasets import run_split
-    from cnnviz_cli.metrics import check_data_fits, evaluate_model
     from cnnviz_cli.store.checkpoint import load_run_model
     from cnnviz_cli.training.device import pick_device
+    from cnnviz_cli.training.metrics import check_data_fits, evaluate_model
 
     first = store.get_complete(options.run_a)
     second = store.get_complete(options.run_b)

@@ -1,6 +1,6 @@
 """The evaluate view: a run's model measured on a labelled split (``compute``), written into the run (``write``).
 
-The metrics themselves come from ``cnnviz_cli.metrics``; this module picks the run, its checkpoint and
+The metrics themselves come from ``cnnviz_cli.training.metrics``; this module picks the run, its checkpoint and
 the images, and stages metrics.json, confusion_matrix.png and mistakes.png with their manifest entry.
 """
 
@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 from cnnviz_cli.config import MODEL_FILE, check_batch_size, check_held_out_split
 from cnnviz_cli.errors import UsageError
-from cnnviz_cli.metrics import DEFAULT_TOP_MISTAKES
+from cnnviz_cli.training.metrics import DEFAULT_TOP_MISTAKES
 
 if TYPE_CHECKING:
     from cnnviz_cli.data.datasets import Split
-    from cnnviz_cli.metrics import Metrics
     from cnnviz_cli.progress import BatchCallback
     from cnnviz_cli.store.checkpoint import Checkpoint
     from cnnviz_cli.store.runs import Run
+    from cnnviz_cli.training.metrics import Metrics
 
 MAX_TOP_MISTAKES = 100
 METRICS_FILE = "metrics.json"
@@ -146,10 +146,10 @@ def compute(run: Run, options: EvaluateOptions, on_batch: BatchCallback | None =
     its training did.
     """
     from cnnviz_cli.data.datasets import run_split
-    from cnnviz_cli.metrics import check_data_fits, evaluate_model
     from cnnviz_cli.store.checkpoint import load_run_model
     from cnnviz_cli.training.device import pick_device
     from cnnviz_cli.training.distributed import check_enough_images, joined
+    from cnnviz_cli.training.metrics import check_data_fits, evaluate_model
 
     manifest = run.manifest()
     run_dataset = manifest.get("dataset") or "mnist"

@@ -199,7 +199,7 @@ class EvolutionResult:
     def relpaths(self) -> dict[str, str]:
         """The files ``write`` makes, by name: filters, input, featuremaps (then the _png ones with --format both),
         changes and json."""
-        from cnnviz_cli.featuremaps import image_slug
+        from cnnviz_cli.data.pictures import image_slug
 
         base, image = self.section, self.image
         extensions = self.options.extensions

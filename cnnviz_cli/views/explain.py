@@ -329,7 +329,7 @@ class ExplainResult:
 
     @property
     def section(self) -> str:
-        from cnnviz_cli.featuremaps import image_slug
+        from cnnviz_cli.data.pictures import image_slug
 
         return f"{SECTION}/{image_slug(self.picture)}"
 

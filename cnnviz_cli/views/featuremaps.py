@@ -1,6 +1,6 @@
 """The featuremaps view: one image through a run's model (``compute``), its feature maps drawn into the run (``write``).
 
-Capturing the activations and choosing channels is ``cnnviz_cli.featuremaps``; the picture is found and
+Capturing the activations and choosing channels is ``cnnviz_cli.models.featuremaps``; the picture is found and
 prepared by ``data.pictures``.
 """
 
@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnnviz_cli.config import MODEL_FILE, check_split, check_top
-from cnnviz_cli.featuremaps import parse_stages
+from cnnviz_cli.models.featuremaps import parse_stages
 
 if TYPE_CHECKING:
     import torch
 
     from cnnviz_cli.data.pictures import InputImage
-    from cnnviz_cli.featuremaps import FeatureMaps
+    from cnnviz_cli.models.featuremaps import FeatureMaps
     from cnnviz_cli.store.checkpoint import Checkpoint
     from cnnviz_cli.store.runs import Run
 
@@ -63,7 +63,7 @@ class FeaturemapsResult:
 
     @property
     def section(self) -> str:
-        from cnnviz_cli.featuremaps import image_slug
+        from cnnviz_cli.data.pictures import image_slug
 
         return f"{SECTION}/{image_slug(self.picture)}"
 
@@ -193,7 +193,7 @@ class FeaturemapsResult:
 def compute(run: Run, options: FeaturemapsOptions) -> FeaturemapsResult:
     """Prepare the image, run it through the model and keep every stage of the chosen layers."""
     from cnnviz_cli.data.pictures import resolve_view_image
-    from cnnviz_cli.featuremaps import capture_featuremaps, top_channels
+    from cnnviz_cli.models.featuremaps import capture_featuremaps, top_channels
     from cnnviz_cli.models.probe import check_layers, check_stages, stages_of
     from cnnviz_cli.store.checkpoint import load_run_model
 
@@ -213,7 +213,7 @@ def compute(run: Run, options: FeaturemapsOptions) -> FeaturemapsResult:
 
 
 def _map_title(key: str, activation: torch.Tensor, channels: list[int]) -> str:
-    from cnnviz_cli.featuremaps import STAGE_TITLES
+    from cnnviz_cli.models.featuremaps import STAGE_TITLES
 
     name, stage = key.rsplit(".", 1)
     c, h, w = activation.shape
@@ -228,7 +228,7 @@ def write(run: Run, result: FeaturemapsResult) -> list[Path]:
     """input.png (for a picture), <layer>-<stage>.png, overview.png and activations.safetensors (named from
     the options when they are not the defaults), all or nothing."""
     from cnnviz_cli.data.pictures import save_input
-    from cnnviz_cli.featuremaps import STAGE_TITLES
+    from cnnviz_cli.models.featuremaps import STAGE_TITLES
     from cnnviz_cli.plots.common import png_bytes
     from cnnviz_cli.plots.featuremaps import featuremap_figure, overview_figure
     from cnnviz_cli.store.checkpoint import save_tensors

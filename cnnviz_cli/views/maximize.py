@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     import torch
 
     from cnnviz_cli.models.maximize import MaximizeConfig, Maximized
+    from cnnviz_cli.models.patches import TopK
     from cnnviz_cli.models.receptive import ReceptiveField
-    from cnnviz_cli.patches import TopK
     from cnnviz_cli.progress import BatchCallback
     from cnnviz_cli.store.checkpoint import Checkpoint
     from cnnviz_cli.store.runs import Run
@@ -204,7 +204,7 @@ def _stored_top(run: Run, checkpoint: Checkpoint, layer: str, split: str, indice
     """
     import torch
 
-    from cnnviz_cli.patches import STAGE, TopK
+    from cnnviz_cli.models.patches import STAGE, TopK
 
     record = (run.manifest().get("outputs") or {}).get("patches")
     if not record or record.get("checkpoint_sha256") != checkpoint.sha256 or record.get("split") != split:
@@ -230,7 +230,7 @@ def _crop(image: torch.Tensor, field: ReceptiveField | None, y: int, x: int) -> 
     """(C, H, W) in [0, 1] -> the field of unit (y, x), as (S, S) or (S, S, 3); the whole image without a field."""
     import torch
 
-    from cnnviz_cli.patches import crop
+    from cnnviz_cli.models.patches import crop
 
     out = image if field is None else torch.stack([crop(plane, field, y, x) for plane in image])
     return out[0] if out.shape[0] == 1 else out.permute(1, 2, 0)

@@ -1,6 +1,6 @@
 """The patches view: the dataset patches that excite each channel most (``compute``), drawn into the run (``write``).
 
-The search itself (a running top-K per channel, the crops) is ``cnnviz_cli.patches``.
+The search itself (a running top-K per channel, the crops) is ``cnnviz_cli.models.patches``.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnnviz_cli.config import check_at_least, check_batch_size, check_top
-from cnnviz_cli.patches import STAGE
+from cnnviz_cli.models.patches import STAGE
 
 if TYPE_CHECKING:
     from cnnviz_cli.data.datasets import Split
+    from cnnviz_cli.models.patches import LayerPatches
     from cnnviz_cli.models.receptive import ReceptiveField
-    from cnnviz_cli.patches import LayerPatches
     from cnnviz_cli.progress import BatchCallback
     from cnnviz_cli.store.checkpoint import Checkpoint
     from cnnviz_cli.store.runs import Run
@@ -119,9 +119,9 @@ def compute(run: Run, options: PatchesOptions, on_batch: BatchCallback | None = 
     import time
 
     from cnnviz_cli.data.datasets import run_split
+    from cnnviz_cli.models.patches import top_patches
     from cnnviz_cli.models.probe import check_layers, is_plain_cnn
     from cnnviz_cli.models.receptive import network_fields
-    from cnnviz_cli.patches import top_patches
     from cnnviz_cli.store.checkpoint import load_run_model
 
     model, checkpoint = load_run_model(run, "cpu")

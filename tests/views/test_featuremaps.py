@@ -1,4 +1,4 @@
-"""`cnnviz featuremaps` and cnnviz_cli.featuremaps: exported activations equal a plain forward pass."""
+"""`cnnviz featuremaps`: exported activations equal a plain forward pass, pictures, variants and errors."""
 
 from __future__ import annotations
 
@@ -12,10 +12,6 @@ from helpers import assert_clean_error, cli, synthetic_images, tree_digest
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
-
-from cnnviz_cli.featuremaps import capture_featuremaps, top_channels
-from cnnviz_cli.models.network import Net
-from cnnviz_cli.models.probe import capture_activations
 
 TEST_IMAGES, TEST_LABELS = synthetic_images(200, 1)  # the tiny_data test split, written by helpers
 
@@ -115,39 +111,6 @@ def test_top_k_and_all_stages(store_copy, tiny_data):
         others = [c for c in range(means.shape[0]) if c not in channels]
         assert len(channels) == 3 and float(means[channels].min()) >= float(means[others].max())
     assert result.stderr == ""
-
-
-def test_top_channels_ranks_by_mean_activation():
-    activation = torch.zeros(5, 2, 2)
-    activation[3] = 2.0
-    activation[1, 0, 0] = 4.0  # mean 1.0
-    activation[4, 1, 1] = 2.0  # mean 0.5
-    assert top_channels(activation, 3) == [3, 1, 4]
-    assert top_channels(activation, 10) == [0, 1, 2, 3, 4]
-    assert top_channels(activation, None) == [0, 1, 2, 3, 4]
-
-
-def hook_count(model: torch.nn.Module) -> int:
-    return sum(len(m._forward_hooks) for m in model.modules())
-
-
-def test_hooks_are_removed_after_capture_and_after_an_error():
-    torch.manual_seed(0)
-    model = Net().eval()
-    maps = capture_featuremaps(model, torch.rand(1, 1, 28, 28), ["conv1"], ["conv", "pool"])
-    assert sorted(maps.activations) == ["conv1.conv", "conv1.pool"]
-    assert maps.activations["conv1.pool"].shape == (16, 14, 14)
-    assert float(maps.probabilities.sum()) == pytest.approx(1.0)
-    assert hook_count(model) == 0
-    with pytest.raises(RuntimeError):  # a 20×20 image reaches fc with the wrong size: fails mid-forward
-        capture_featuremaps(model, torch.rand(1, 1, 20, 20), None, ["relu"])
-    assert hook_count(model) == 0
-    with pytest.raises(ValueError), capture_activations(model, ["conv1", "conv2"], ["relu"]) as captured:
-        assert hook_count(model) == 2
-        model(torch.rand(1, 1, 28, 28))
-        assert sorted(captured) == ["conv1.relu", "conv2.relu"]
-        raise ValueError("inside the block")
-    assert hook_count(model) == 0
 
 
 def test_own_picture_is_converted_and_described(store_copy, tmp_path):

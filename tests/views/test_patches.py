@@ -1,4 +1,4 @@
-"""`cnnviz patches`: the running top-K against a brute-force pass, crops, outputs and errors."""
+"""`cnnviz patches`: the search on a trained run against a brute-force pass, crops, outputs and errors."""
 
 from __future__ import annotations
 
@@ -6,56 +6,11 @@ import json
 
 import pytest
 import torch
-from helpers import assert_clean_error, cli, tree_digest
+from helpers import assert_clean_error, brute_force_top_k, cli, tree_digest
 
 from cnnviz_cli.config import ModelConfig
+from cnnviz_cli.models.patches import top_patches
 from cnnviz_cli.models.receptive import field_for
-from cnnviz_cli.patches import RunningTopK, crop, top_patches
-
-
-def _brute_force(activations: torch.Tensor, k: int) -> list[list[tuple[int, int, int, float]]]:
-    """Per channel: every image's first strongest position, ranked by value, ties to the lower image index."""
-    n, c, _h, w = activations.shape
-    result = []
-    for ch in range(c):
-        candidates = []
-        for image in range(n):
-            flat = activations[image, ch].flatten()
-            best = float(flat.max())
-            position = int((flat == best).nonzero()[0])  # the first maximal position, row-major
-            candidates.append((image, position // w, position % w, best))
-        candidates.sort(key=lambda t: (-t[3], t[0]))
-        result.append(candidates[:k])
-    return result
-
-
-@pytest.mark.parametrize("batch", [1, 7, 50])
-def test_running_top_k_matches_brute_force_with_ties(batch):
-    # Small integers make many ties, between images and inside one image.
-    torch.manual_seed(0)
-    activations = torch.randint(0, 4, (50, 3, 5, 5)).float()
-    activations[:, 2] = 0  # a channel that never fires: every image ties at its first position
-    running = RunningTopK(6)
-    for start in range(0, 50, batch):
-        running.update(activations[start : start + batch], start)
-    top = running.result()
-    got = [
-        [(int(top.images[ch, r]), int(top.ys[ch, r]), int(top.xs[ch, r]), float(top.values[ch, r])) for r in range(6)]
-        for ch in range(3)
-    ]
-    assert got == _brute_force(activations, 6)
-    assert got[2] == [(i, 0, 0, 0.0) for i in range(6)]
-
-
-def test_crop_is_the_input_window_padded_with_nan():
-    image = torch.arange(28 * 28, dtype=torch.float32).reshape(28, 28)
-    field = field_for(ModelConfig(), "conv2")  # 14×14, window of unit (y, x) starts at (2y - 6, 2x - 6)
-    inside = crop(image, field, 5, 6)
-    assert torch.equal(inside, image[4:18, 6:20])
-    corner = crop(image, field, 0, 13)  # rows -6..7, columns 20..33
-    assert torch.equal(corner[6:, :8], image[0:8, 20:28])
-    assert corner[:6].isnan().all() and corner[:, 8:].isnan().all()
-    assert not corner[6:, :8].isnan().any()
 
 
 def _model_and_test_images(artifacts, run_id, tiny_data):
@@ -89,7 +44,7 @@ def test_core_crops_show_the_winning_pixels(trained_store, tiny_data):
             assert torch.equal(result.crops[ch, rank].nan_to_num(-1), expected.nan_to_num(-1))
 
 
-def test_patches_cli_matches_brute_force(store_copy, tiny_data):
+def test_patches_cli_matchesbrute_force_top_k(store_copy, tiny_data):
     artifacts, run_id = store_copy
     result = cli(
         "patches", "--artifacts", artifacts, "--data-dir", tiny_data, "--offline",
@@ -105,7 +60,7 @@ def test_patches_cli_matches_brute_force(store_copy, tiny_data):
     for layer, acts in activations.items():
         channels = doc["layers"][layer]["channels"]
         assert len(channels) == acts.shape[1]
-        expected = _brute_force(acts, 5)
+        expected = brute_force_top_k(acts, 5)
         for ch, entry in enumerate(channels):
             got = [(e["image"], e["y"], e["x"]) for e in entry["top"]]
             assert got == [t[:3] for t in expected[ch]], (layer, ch)
@@ -164,7 +119,7 @@ def test_errors_are_clean_and_leave_the_store_alone(store_copy, tiny_data, args,
 
 
 def test_captions_share_one_number_of_decimals():
-    from cnnviz_cli.patches import LayerPatches, TopK
+    from cnnviz_cli.models.patches import LayerPatches, TopK
     from cnnviz_cli.plots.common import caption_decimals
     from cnnviz_cli.plots.patches import patches_figure
 

@@ -8,7 +8,6 @@ active channels of a map. Nothing here draws or prints.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,7 +18,6 @@ from cnnviz_cli.models.probe import STAGES, check_stages
 if TYPE_CHECKING:
     import torch
 
-    from cnnviz_cli.data.pictures import InputImage
     from cnnviz_cli.models.network import Net
 
 __all__ = [
@@ -27,7 +25,6 @@ __all__ = [
     "FeatureMaps",
     "capture_featuremaps",
     "channel_activity",
-    "image_slug",
     "parse_stages",
     "top_channels",
 ]
@@ -144,21 +141,3 @@ def top_channels(activation: torch.Tensor, k: int | None) -> list[int]:
     activity = channel_activity(activation)
     order = torch.sort(activity, descending=True, stable=True).indices
     return [int(i) for i in order[:k]]
-
-
-def image_slug(image: InputImage) -> str:
-    """Folder name for one input: 'test-7' for a dataset image, '<file stem>-<sha256[:8]>' for a picture."""
-    provenance = image.provenance
-    if provenance.get("kind") == "index":
-        return f"{provenance['split']}-{provenance['index']}"
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", _stem(provenance.get("path", "image"))).strip("._-") or "image"
-    slug = f"{stem[:40]}-{provenance.get('sha256', '')[:8]}"
-    if provenance.get("preprocess") in ("resize", "none"):
-        slug += f"-{provenance['preprocess']}"
-    return slug + {True: "-inverted", False: "-not-inverted"}.get(provenance.get("invert"), "")
-
-
-def _stem(path: str) -> str:
-    from pathlib import Path
-
-    return Path(path).stem

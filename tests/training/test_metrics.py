@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cnnviz_cli.errors import DataError
-from cnnviz_cli.metrics import confusion_matrix, metrics_from_logits, per_class_metrics
+from cnnviz_cli.training.metrics import confusion_matrix, metrics_from_logits, per_class_metrics
 
 CLASSES = ("cat", "dog", "bird")
 
