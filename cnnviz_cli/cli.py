@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - older typer on click
 
 from cnnviz_cli import __version__
 from cnnviz_cli.errors import EXIT_USAGE, CnnvizError, CnnvizWarning
-from cnnviz_cli.training.distributed import worker_error
+from cnnviz_cli.training.distributed import PeerLost, worker_error
 
 # Order of the commands in `cnnviz --help`.
 COMMANDS = (
@@ -80,7 +80,7 @@ class CnnvizGroup(TyperGroup):
         except CnnvizError as exc:
             if console.debug_enabled():
                 raise
-            if worker_error(str(exc), exc.exit_code):
+            if worker_error(str(exc), exc.exit_code, lost=isinstance(exc, PeerLost)):
                 console.error(str(exc))
             ctx.exit(exc.exit_code)
         except click_exceptions.UsageError as exc:

@@ -10,6 +10,9 @@ The rules the training and evaluation code follow:
 - rank 0 alone reads and writes the store and prints; the other ranks compute;
 - a decision that changes what happens next (stop at this batch, an error rank 0 found) is shared
   with every rank, so that no rank waits in a collective the others never enter;
+- work every rank does on its own (reading the data, building the model) ends in ``Comm.agree``: an
+  error that only some rank met (its machine lacks a file) reaches every rank, and rank 0 reports it
+  instead of finding its peer gone;
 - images are sharded into contiguous slices (``torch.tensor_split``): no padding, no image twice.
 """
 
@@ -23,6 +26,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+LONG_WAIT_HOURS = 24  # how long ranks wait for a machine's first rank to decode an image folder
 OWN_LAUNCHER_ENV = "CNNVIZ_LAUNCHED"  # set for the workers of `--nproc`: their launcher reports for them
 
 
@@ -126,16 +131,19 @@ class JobFailed(CnnvizError):
         self.exit_code = exit_code
 
 
-def worker_error(message: str, exit_code: int) -> bool:
+def worker_error(message: str, exit_code: int, lost: bool = False) -> bool:
     """Leave a worker's error for its launcher (torch.distributed's error file); True if this process
-    should print it too. Every rank meets the same errors, or stops because of rank 0's: rank 0 speaks
-    for all, and under ``--nproc`` the launcher speaks for rank 0, once."""
+    should print it too. Every rank meets the same errors, stops because of rank 0's, or learns another
+    rank's through ``Comm.agree``: rank 0 speaks for all, and under ``--nproc`` the launcher speaks for
+    rank 0, once. ``lost``: this rank only found a peer gone, so the launcher looks for that peer's own
+    error first (torchrun shows the earliest error file as the root cause, hence the real time)."""
     if not launched():
         return True
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:
+        record = {"message": message, "exit_code": exit_code, "timestamp": int(time.time()), "peer_lost": lost}
         with contextlib.suppress(OSError):
-            Path(path).write_text(json.dumps({"message": message, "exit_code": exit_code, "timestamp": 0}))
+            Path(path).write_text(json.dumps(record))
     return world().is_main and os.environ.get(OWN_LAUNCHER_ENV) != "1"
 
 
@@ -211,7 +219,8 @@ def _launch(nproc: int, args: list[str]) -> int:
 
 def _report(logs: Path, failures: dict, interrupted: bool = False) -> None:
     """Raise the job's outcome: a killed worker first (the others only stopped because of it), then the
-    lowest rank's own error."""
+    lowest rank's own error, then a worker that failed without one (a bug: its traceback is above);
+    "another process stopped answering" only when no rank left anything better."""
     killed = [r for r in sorted(failures) if failures[r].exitcode < 0 and failures[r].signal_name() not in ("SIGTERM", "SIGINT")]
     if killed:
         failure = failures[killed[0]]
@@ -220,18 +229,26 @@ def _report(logs: Path, failures: dict, interrupted: bool = False) -> None:
             "the job was stopped.",
             EXIT_BUG,
         )
-    errors = {}
+    own, lost = {}, {}
     for path in logs.glob("*/attempt_*/*/error.json"):
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             data = json.loads(path.read_text())
-            errors[int(path.parent.name)] = (str(data["message"]), int(data["exit_code"]))
-    if errors:
-        raise JobFailed(*errors[min(errors)])
-    if interrupted:
+            found = lost if data.get("peer_lost") else own
+            found[int(path.parent.name)] = (str(data["message"]), int(data["exit_code"]))
+    if own:
+        raise JobFailed(*own[min(own)])
+    if interrupted and not lost:
         raise JobFailed("interrupted.", EXIT_INTERRUPTED)
-    rank = min(failures)
-    code = failures[rank].exitcode
-    raise JobFailed(f"Worker process rank {rank} failed with exit code {code}; the job was stopped.", code if code > 0 else EXIT_BUG)
+    silent = [r for r in sorted(failures) if r not in lost and failures[r].exitcode > 0]
+    if silent or not lost:
+        rank = (silent or sorted(failures))[0]
+        code = failures[rank].exitcode
+        above = " (its message is above)" if code > 0 else ""
+        raise JobFailed(
+            f"Worker process rank {rank} failed with exit code {code}{above}; the job was stopped.",
+            code if code > 0 else EXIT_BUG,
+        )
+    raise JobFailed(*lost[min(lost)])
 
 
 def _loopback_interface() -> str | None:
@@ -373,6 +390,48 @@ class Comm:
         cls, message, hint = rest
         raise _rebuilt(cls, message, hint)
 
+    def agree(self, work: Callable[[], T], group=None) -> T:
+        """Every rank does ``work``; if it failed on any rank, every rank raises the error of the lowest
+        rank that failed (naming that rank and its machine when it is not rank 0), so that an error
+        only one process meets is reported as itself and not as a peer that vanished."""
+        if self.size == 1:
+            return work()
+        failure: Exception | None = None
+        mine = None
+        try:
+            result = work()
+        except CnnvizError as exc:
+            failure, mine = exc, (type(exc), exc.message, exc.hint)
+        except Exception as exc:  # a bug: this rank shows its traceback, the others say where to look
+            failure, mine = exc, (CnnvizError, f"failed: {type(exc).__name__}: {_first_line(exc)}", "Its traceback is above.")
+        outcomes: list = [None] * self.size
+        self._collective("all_gather_object", outcomes, (mine, socket.gethostname()), group=group)
+        failed = [rank for rank, (outcome, _host) in enumerate(outcomes) if outcome is not None]
+        if not failed:
+            return result
+        first = failed[0]
+        if first == self.rank:
+            raise failure
+        (cls, message, hint), host = outcomes[first]
+        if first != 0:
+            message = f"Process rank {first} (on {host}): {message}"
+        raise _rebuilt(cls, message, hint)
+
+    def local_first(self, work: Callable[[], T]) -> T:
+        """``work`` on each machine's local rank 0 first, then on the other ranks: the first fills a
+        cache on its machine (alone, on every core), the others then read it. Errors as in ``agree``."""
+        if self.size == 1:
+            return work()
+        import datetime
+
+        # Decoding a big folder can outlast the default 30-minute collective timeout: the waiting ranks
+        # wait in a group of their own with a long one (a rank that dies still ends the wait at once).
+        patient = self._collective("new_group", backend="gloo", timeout=datetime.timedelta(hours=LONG_WAIT_HOURS))
+        first = self.world.local_rank == 0
+        result = self.agree(work if first else (lambda: None), group=patient)
+        later = self.agree((lambda: None) if first else work, group=patient)
+        return result if first else later
+
     def wrap(self, model: nn.Module) -> nn.Module:
         """The model to train: DistributedDataParallel around ``model`` for several processes.
 
@@ -393,10 +452,10 @@ class Comm:
 
         return dist
 
-    def _collective(self, name: str, *args, **kwargs) -> None:
+    def _collective(self, name: str, *args, **kwargs):
         dist = self._dist()
         try:
-            getattr(dist, name)(*args, **kwargs)
+            return getattr(dist, name)(*args, **kwargs)
         except (dist.DistError, RuntimeError) as exc:
             raise PeerLost(
                 f"Another process of this job stopped answering ({_first_line(exc)}).",

@@ -276,17 +276,16 @@ def _train_run(
 
     folder = None
     if config.is_folder:
-        config, folder, train, val = _folder_splits(config, progress)
+        config, folder, train, val = _folder_splits(config, progress, comm)
         classes = folder["classes"]
     else:
-        train = load_split(
-            config.dataset, "train", data_dir, offline,
-            val_fraction=config.val_fraction, seed=config.seed, limit=config.limit,
-        )
-        val = load_split(
-            config.dataset, "val", data_dir, offline,
-            val_fraction=config.val_fraction, seed=config.seed, limit=config.limit,
-        )
+        train, val = comm.agree(lambda: tuple(  # each process reads the files: one may not find them
+            load_split(
+                config.dataset, split, data_dir, offline,
+                val_fraction=config.val_fraction, seed=config.seed, limit=config.limit,
+            )
+            for split in ("train", "val")
+        ))
         classes = CLASS_NAMES[config.dataset]
     check_enough_images(len(train), comm.size, "training")
     if comm.any(stop()):
@@ -298,7 +297,7 @@ def _train_run(
             num_classes=len(classes),
         ))
     torch.manual_seed(config.seed)
-    built = build_from_config(config.model)
+    built = comm.agree(lambda: build_from_config(config.model))  # a python: factory may fail on one process
     net = built.model.to(device)
     optimizer = make_optimizer(net, config.lr, plain_cnn=config.model.spec is None)
     saved = {"config": config.model, "source": built.source}
@@ -561,12 +560,15 @@ class _FolderTrainSet:
         return int(self.rows.shape[0])
 
 
-def _folder_splits(config: TrainConfig, progress: TrainProgress):
-    """Decode (or map) the folder, fit the model to it and split it: (config, folder summary, train, val)."""
+def _folder_splits(config: TrainConfig, progress: TrainProgress, comm: Comm):
+    """Decode (or map) the folder, fit the model to it and split it: (config, folder summary, train, val).
+
+    With several processes each machine's first process decodes the folder into the cache while the
+    others wait; they then map the file it wrote."""
     from cnnviz_cli.data import folders
     from cnnviz_cli.data.datasets import Split, load_folder_data
 
-    data = load_folder_data(config.dataset, config.image_size, config.channels, progress.data)
+    data = comm.local_first(lambda: load_folder_data(config.dataset, config.image_size, config.channels, progress.data))
     splits = folders.split_folder(data, config.val_fraction, config.test_fraction, config.seed)
     train_rows = splits.train if config.limit is None else splits.train[: config.limit]
     if len(splits.val) == 0:
@@ -582,6 +584,7 @@ def _folder_splits(config: TrainConfig, progress: TrainProgress):
     config = replace(config, image_size=data.image_size, channels=data.channels, model=model)
     summary = folders.summary(data, splits)
     summary["mean"], summary["std"] = mean, std
+    summary["decoded"] = int(comm.sum_(torch.tensor([data.decoded])).item())  # by every process of the job
     train = _FolderTrainSet(data.images, data.labels, train_rows, config.dataset)
     val = Split(config.dataset, "val", data.images[splits.val], data.labels[splits.val], config.dataset, data.classes)
     return config, summary, train, val

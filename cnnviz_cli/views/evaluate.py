@@ -160,11 +160,15 @@ def compute(run: Run, options: EvaluateOptions, on_batch: BatchCallback | None =
             f"not {dataset}.",
             "Drop --dataset, or use --split test.",
         )
-    with joined(pick_device(options.device)) as comm:
+    def load() -> tuple:
         model, checkpoint = load_run_model(run, comm.device, MODEL_FILE)
         data = run_split(manifest, options.split, dataset=dataset, data_dir=options.data_dir, offline=options.offline)
         check_data_fits(data, checkpoint, run.id)
         check_enough_images(len(data), comm.size, f"{dataset} {options.split}")
+        return model, checkpoint, data
+
+    with joined(pick_device(options.device)) as comm:
+        model, checkpoint, data = comm.agree(load)  # an error only one process meets is reported as itself
         started = time.perf_counter()
         metrics = evaluate_model(
             model, data, batch_size=options.batch_size, on_batch=on_batch, top_mistakes=options.top_mistakes,

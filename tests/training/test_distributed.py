@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,79 @@ def test_more_processes_than_images_is_one_clear_line(tiny_data, tmp_path):
         "Use fewer processes (--nproc) or more images."
     ]
     assert tree_digest(store) == "absent"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_error_only_one_worker_meets_is_reported_as_itself(tiny_data, tmp_path):
+    """As under `torchrun` on two machines where the second lacks the data: rank 1 is given a folder that
+    does not exist. Rank 0 reports rank 1's own message and exit code, not a lost peer; nothing is stored."""
+    store = tmp_path / "artifacts"
+    port = str(_free_port())
+    workers = []
+    for rank, data in ((0, tiny_data), (1, tmp_path / "not-on-this-machine")):
+        env = {**os.environ, **ONE_THREAD, "NO_COLOR": "1", "RANK": str(rank), "LOCAL_RANK": "0",
+               "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1", "GROUP_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "GLOO_SOCKET_IFNAME": "lo"}
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "cnnviz_cli", "train", "--data-dir", str(data), "--artifacts", str(store),
+             "--epochs", "1", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        ))
+    (out0, err0), (out1, err1) = (worker.communicate(timeout=300) for worker in workers)
+    assert [worker.returncode for worker in workers] == [3, 3], (err0, err1)
+    assert out0 == out1 == "" and err1 == ""  # rank 0 alone speaks
+    lines = err0.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Process rank 1 (on "), err0
+    assert f"--data-dir {tmp_path / 'not-on-this-machine'} is not a folder" in lines[0]
+    assert "stopped answering" not in err0
+    assert not any(store.glob("*/manifest.json"))
+
+
+FACTORY_FAILING_ON_RANK_1 = '''
+import os
+
+from torch import nn
+
+if os.environ.get("RANK") == "1":
+    raise ImportError("the vendor library this model needs is not installed here")
+
+
+def make(num_classes, in_channels):
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.Flatten(), nn.LazyLinear(num_classes))
+'''
+
+
+def test_under_nproc_the_launcher_reports_the_failing_workers_own_error(tiny_data, tmp_path):
+    (tmp_path / "rankfactory.py").write_text(FACTORY_FAILING_ON_RANK_1)
+    store = tmp_path / "artifacts"
+    result = cnnviz_subprocess("train", "--data-dir", tiny_data, "--artifacts", store, "--nproc", "2",
+                               "--model", "python:rankfactory:make", "--epochs", "1",
+                               env=ONE_THREAD, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr  # a usage error: the module cannot be imported there
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Process rank 1 (on "), result.stderr
+    assert "Cannot import 'rankfactory': the vendor library this model needs is not installed here" in lines[0]
+    assert "Traceback" not in result.stderr and "stopped answering" not in result.stderr
+    assert not any(store.glob("*/manifest.json"))
+
+
+def test_an_image_folder_is_decoded_once_by_the_first_process(shapes_folder, tmp_path):
+    cache = tmp_path / "cache"  # a cache of its own: the first run decodes every picture
+    store = tmp_path / "artifacts"
+    result = cnnviz_subprocess("train", "--dataset", shapes_folder, "--image-size", "24", "--epochs", "1",
+                               "--artifacts", store, "--nproc", "2", "--json",
+                               env={**ONE_THREAD, "CNNVIZ_CACHE_DIR": str(cache)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    folder = doc["folder"]
+    assert folder["decoded"] == folder["pictures"] + len(folder["unreadable"]) == 63  # once, not once per process
+    assert result.stderr.count("decoding pictures: 63/63") == 1  # progress from rank 0 only
+    assert [p.name for p in (cache / "folders").iterdir() if p.suffix == ".safetensors"] == [Path(folder["cache"]).name]
+    assert not [p for p in (cache / "folders").iterdir() if p.name.startswith(".")]  # no half-written rows left
+    manifest = json.loads((Path(doc["run_dir"]) / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["distributed"]["world_size"] == 2
