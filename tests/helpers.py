@@ -179,3 +179,15 @@ def brute_force_top_k(activations, k: int) -> list[list[tuple[int, int, int, flo
         candidates.sort(key=lambda t: (-t[3], t[0]))
         result.append(candidates[:k])
     return result
+
+
+def report_section(run_dir: Path, section_id: str) -> str:
+    """The HTML of one section of the run's report/report.html."""
+    html = (run_dir / "report/report.html").read_text()
+    section = html[html.index(f'<section id="{section_id}">') :]
+    return section[: section.index("</section>")]
+
+
+def inodes(folder: Path) -> dict[str, int]:
+    """File name -> inode of every file in ``folder``: a file written again (atomically) gets a new inode."""
+    return {path.name: path.stat().st_ino for path in sorted(folder.iterdir()) if path.is_file()}

@@ -25,7 +25,7 @@ def main(
 ) -> None:
     """Write report/report.html into the run: one HTML file with every picture embedded (no network needed).
 
-    It shows the run's summary and options, training curves, evaluation, filters, feature maps of a few test images, and the patches, attributions, evolution and comparisons the run holds, each with the checkpoint sha256 and options that made it. Evaluation, filters and feature maps that the run does not hold yet are computed for the report; for the other parts it names the command that produces them.
+    It shows the run's summary and options, training curves, evaluation, filters, feature maps of a few test images, and the patches, maximized inputs, attributions, evolution and comparisons the run holds, each with the checkpoint sha256 and options that made it. Evaluation, filters and feature maps that the run does not hold yet are computed for the report; for the other parts it names the command that produces them.
 
     Example: cnnviz report --open
     """

@@ -1,7 +1,7 @@
 """One self-contained HTML report of a run: everything the store holds about it, with provenance.
 
 The report collects what earlier commands wrote into the run (evaluation, filters, feature maps,
-patches, attributions, evolution, comparisons), checks every file against the sha256 in the manifest,
+patches, maximized inputs, attributions, evolution, comparisons), checks every file against the sha256 in the manifest,
 and embeds the pictures as data URIs. Parts that nothing has produced yet are computed in memory
 by the views themselves (``views.evaluate``, ``views.filters``, ``views.featuremaps`` for a few test
 images) and drawn by their plots, or, where that needs work the report should not do (patches,
@@ -350,12 +350,7 @@ def _filters_section(c: _Collector, outputs: dict, compute) -> Section:
     variants = record.get("variants")
     if variants is None:  # a run written before filters kept its variants: one picture per layer
         variants = {relpath: {"layer": Path(relpath).stem} for relpath in record.get("files", [])}
-    by_layer: dict[str, list[tuple[str, dict]]] = {}
-    for relpath, variant in variants.items():
-        by_layer.setdefault(variant["layer"], []).append((relpath, variant))
-    for layer, found in by_layer.items():
-        found.sort(key=_filter_completeness, reverse=True)
-        (relpath, variant), others = found[0], found[1:]
+    for layer, (relpath, variant), others in _most_complete(variants, _filter_completeness):
         same_checkpoint = variant.get("checkpoint_sha256") == record.get("checkpoint_sha256")
         provenance = {"command": "filters", **variant} if "normalize" in variant else record
         if same_checkpoint and "epoch" in record:
@@ -363,11 +358,30 @@ def _filters_section(c: _Collector, outputs: dict, compute) -> Section:
         picture = c.picture(relpath, provenance, f"{layer} filters")
         if picture:
             section.pictures.append(picture)
-        if others:
-            listed = "; ".join(f"{Path(r).name} ({_filter_options(v)})" for r, v in others)
-            section.notes.append(f"{layer}: shown {Path(relpath).name} ({_filter_options(variant)}); "
-                                 f"also in the run: {listed}.")
+        _note_others(section, layer, relpath, variant, others, _filter_options)
     return section
+
+
+def _most_complete(
+    variants: dict[str, dict], rank: Callable[[tuple[str, dict]], tuple], group: str = "layer"
+) -> list[tuple[str, tuple[str, dict], list[tuple[str, dict]]]]:
+    """Per layer (``variant[group]``), in the order first met: the most complete of its files (highest
+    ``rank``) and the others, so that a picture made with other options is named in the report, not lost."""
+    by_group: dict[str, list[tuple[str, dict]]] = {}
+    for relpath, variant in variants.items():
+        by_group.setdefault(variant[group], []).append((relpath, variant))
+    chosen = []
+    for name, found in by_group.items():
+        found.sort(key=rank, reverse=True)
+        chosen.append((name, found[0], found[1:]))
+    return chosen
+
+
+def _note_others(section: Section, name: str, relpath: str, variant: dict, others: list[tuple[str, dict]],
+                 describe: Callable[[dict], str]) -> None:
+    if others:
+        listed = "; ".join(f"{Path(r).name} ({describe(v)})" for r, v in others)
+        section.notes.append(f"{name}: shown {Path(relpath).name} ({describe(variant)}); also in the run: {listed}.")
 
 
 def _filter_completeness(item: tuple[str, dict]) -> tuple:
@@ -381,6 +395,78 @@ def _filter_options(variant: dict) -> str:
     if "normalize" not in variant:
         return "options not recorded"
     return f"{variant['normalize']} scale, {variant.get('shown', '?')} of {variant.get('total', '?')} filters drawn"
+
+
+def _patches_section(c: _Collector, outputs: dict) -> Section:
+    section = _generic_section(
+        c, outputs, "patches", "Dataset patches",
+        "For each filter, the image patches (receptive fields) that excite it most.", "cnnviz patches")
+    record = outputs.get("patches")
+    if not record or "variants" not in record:  # none, or written before patches kept each set of options
+        return section
+    section.pictures = []
+    figures = {rel: v for rel, v in record["variants"].items() if v.get("kind") == "figure"}
+    for layer, (relpath, variant), others in _most_complete(figures, _patches_completeness):
+        provenance = {"command": "patches", "dataset": record.get("dataset"), **_without(variant, "kind")}
+        picture = c.picture(relpath, provenance, f"patches: {layer}")
+        if picture:
+            section.pictures.append(picture)
+        _note_others(section, layer, relpath, variant, others, _patches_options)
+    return section
+
+
+def _without(variant: dict, *keys: str) -> dict:
+    return {key: value for key, value in variant.items() if key not in keys}
+
+
+def _patches_completeness(item: tuple[str, dict]) -> tuple:
+    """The whole split first, then the most images searched, the most patches per channel, the test split,
+    the newest."""
+    variant = item[1]
+    return (variant.get("limit") is None, variant.get("searched", 0), variant.get("top", 0),
+            variant.get("split") == "test", variant.get("created", ""))
+
+
+def _patches_options(variant: dict) -> str:
+    return f"top {variant.get('top')} of {variant.get('searched')} {variant.get('split')} images"
+
+
+def _maximize_section(c: _Collector, outputs: dict) -> Section | None:
+    """Each layer's (and the classes') most complete optimised images; None when the run has none."""
+    stored = _stored_sections(c, outputs, "maximize")
+    if not stored:
+        return None
+    section = Section("maximize", "Maximized inputs",
+                      "The input that excites each channel (or class) most, found by gradient ascent, beside the "
+                      "images of the split that excite it most.")
+    for name, record in stored:
+        variants = record.get("variants")
+        if variants is None:  # written before maximize kept each set of options
+            section.pictures.extend(_pictures_of(c, name, record))
+            continue
+        figures = {rel: {**v, "target": name.split("/", 1)[-1]} for rel, v in variants.items()
+                   if v.get("kind") == "figure"}
+        for target, (relpath, variant), others in _most_complete(figures, _maximize_completeness, "target"):
+            provenance = {"command": "maximize", **_without(variant, "kind", "target")}
+            picture = c.picture(relpath, provenance, f"maximize: {target}")
+            if picture:
+                section.pictures.append(picture)
+            _note_others(section, target, relpath, variant, others, _maximize_options)
+    return section
+
+
+def _maximize_completeness(item: tuple[str, dict]) -> tuple:
+    """The most channels (classes), then the most steps, the test split, the newest."""
+    variant = item[1]
+    return (len(variant.get("indices") or ()), variant.get("steps", 0), variant.get("split") == "test",
+            variant.get("created", ""))
+
+
+def _maximize_options(variant: dict) -> str:
+    count = len(variant.get("indices") or ())
+    noun = ("channel", "channels") if variant.get("layer") else ("class", "classes")
+    return (f"{count} {noun[count != 1]}, {variant.get('steps')} steps, seed {variant.get('seed')}, "
+            f"{variant.get('split')} split")
 
 
 def _stored_sections(c: _Collector, outputs: dict, prefix: str) -> list[tuple[str, dict]]:
@@ -687,16 +773,17 @@ def build_report(
     sections.append(_filters_section(collector, outputs, computer.filters))
     step("feature maps")
     sections.append(_featuremaps_section(collector, outputs, computer.featuremaps))
-    step("patches, attributions, evolution, comparisons")
-    sections.append(_generic_section(
-        collector, outputs, "patches", "Dataset patches",
-        "For each filter, the image patches (receptive fields) that excite it most.", "cnnviz patches"))
+    step("patches, maximized inputs, attributions, evolution, comparisons")
+    sections.append(_patches_section(collector, outputs))
+    maximized = _maximize_section(collector, outputs)
+    if maximized:
+        sections.append(maximized)
     sections.append(_generic_section(
         collector, outputs, "explain", "Attributions",
         "Which pixels the prediction for an image depends on.", "cnnviz explain --image 0"))
     sections.append(_evolution_section(collector, outputs))
     sections.append(_compare_section(collector, outputs))
-    known = ("evaluation", "filters", "featuremaps", "patches", "explain", "evolution", "compare", "report")
+    known = ("evaluation", "filters", "featuremaps", "patches", "maximize", "explain", "evolution", "compare", "report")
     extra = {name: rec for name, rec in outputs.items() if name.split("/")[0].split("-")[0] not in known}
     if extra:
         other = Section("other", "Other outputs")

@@ -126,6 +126,12 @@ def output_record(command: str, checkpoint, **options) -> dict:
     }
 
 
+def file_metadata(record: dict) -> dict:
+    """An output record as the metadata written into one of its files: without the ``variants`` that list every
+    file of the output (the manifest keeps them)."""
+    return {key: value for key, value in record.items() if key != "variants"}
+
+
 def validate_run_id(run_id: str) -> str:
     if run_id in (".", "..") or not RUN_ID_RE.match(run_id or ""):
         raise UsageError(

@@ -232,9 +232,10 @@ def write(run: Run, result: FeaturemapsResult) -> list[Path]:
     from cnnviz_cli.plots.common import png_bytes
     from cnnviz_cli.plots.featuremaps import featuremap_figure, overview_figure
     from cnnviz_cli.store.checkpoint import save_tensors
+    from cnnviz_cli.store.runs import file_metadata
 
     record = result.record()
-    metadata = {key: value for key, value in record.items() if key != "variants"}  # in each picture
+    metadata = file_metadata(record)
     section = result.section
     picture = result.picture
     subtitle = f"{result.described} · {result.answer}"

@@ -139,13 +139,14 @@ def write(run: Run, result: FiltersResult) -> list[Path]:
     """Draw each layer into filters/<layer>.png and record them in the manifest, all or nothing."""
     from cnnviz_cli.plots.common import png_bytes
     from cnnviz_cli.plots.filters import filter_figure, filter_title
+    from cnnviz_cli.store.runs import file_metadata
 
     record = result.record()
+    metadata = file_metadata(record)
     paths = []
     with run.outputs(SECTION, record=record) as staging:
         for layer in result.layers:
             title = filter_title(layer.name, layer.shape, f"run {run.id}, epoch {result.checkpoint.epoch}")
-            metadata = {key: value for key, value in record.items() if key != "variants"}
             png = png_bytes(filter_figure(layer.tiles, title), {**metadata, "layer": layer.name})
             paths.append(staging.write_bytes(layer.relpath, png, kind="image"))
     return paths

@@ -59,6 +59,33 @@ class MaximizeOptions:
         check_choice(self.split, SPLITS, "--split")
         object.__setattr__(self, "config", MaximizeConfig(steps=self.steps, lr=self.lr, seed=self.seed))
 
+    @property
+    def tag(self) -> str:
+        """What the file names say of the options: nothing for the defaults (every channel, or every class),
+        else '.ch0-3+7.steps64.seed1'; so a later call with other options erases nothing."""
+        parts = []
+        if self.channels:
+            parts.append("ch" + _numbers(self.channels))
+        elif self.classes and not self.every_class:
+            parts.append(_numbers(self.classes))
+        defaults = MaximizeOptions.__dataclass_fields__
+        parts += [f"{name}{getattr(self, name):g}" for name in ("steps", "lr", "seed")
+                  if getattr(self, name) != defaults[name].default]
+        if self.split != defaults["split"].default:
+            parts.append(self.split)
+        return "".join(f".{part}" for part in parts)
+
+
+def _numbers(values: Sequence[int]) -> str:
+    """(7, 0, 1, 2, 7) -> '0-2+7': the distinct numbers, consecutive ones as a range."""
+    runs: list[list[int]] = []
+    for value in sorted(set(values)):
+        if runs and value == runs[-1][-1] + 1:
+            runs[-1].append(value)
+        else:
+            runs.append([value])
+    return "+".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
 
 @dataclass
 class MaximizeResult:
@@ -88,7 +115,8 @@ class MaximizeResult:
 
     @property
     def relpaths(self) -> tuple[str, str]:
-        return f"{SECTION}/{self.slug}.png", f"{SECTION}/{self.slug}.safetensors"
+        name = f"{SECTION}/{self.slug}{self.options.tag}"
+        return f"{name}.png", f"{name}.safetensors"
 
     @property
     def window(self) -> tuple[int, int, int, int] | None:
@@ -111,9 +139,13 @@ class MaximizeResult:
         from cnnviz_cli.store.runs import output_record
 
         c = self.options.config
+        options = {"layer": self.layer, "indices": list(self.maximized.indices), "steps": c.steps, "lr": c.lr,
+                   "seed": c.seed, "split": self.split}
+        png, tensors = self.relpaths
+        variant = {**options, "exceeded": self.exceeded(), "checkpoint_sha256": self.checkpoint.sha256}
         return output_record(
-            SECTION, self.checkpoint, layer=self.layer, indices=list(self.maximized.indices), steps=c.steps,
-            lr=c.lr, seed=c.seed, split=self.split,
+            SECTION, self.checkpoint, **options,
+            variants={png: {"kind": "figure", **variant}, tensors: {"kind": "tensors", **variant}},
         )
 
     def to_json(self) -> dict:
@@ -196,8 +228,11 @@ def _field(model, config, layer: str | None) -> ReceptiveField | None:
         return None
 
 
-def _stored_top(run: Run, checkpoint: Checkpoint, layer: str, split: str, indices: Sequence[int]) -> TopK | None:
-    """The top patches of a stored `patches` result for this layer, if made from the same model and images.
+def _stored_top(
+    run: Run, checkpoint: Checkpoint, layer: str, split: str, indices: Sequence[int]
+) -> tuple[TopK, str] | None:
+    """The top patches of a stored `patches` result for this layer, if made from the same model and images,
+    and the file they were read from (of several such results, the newest).
 
     `patches` ranks the ReLU output of a conv block: for a channel that fires, the same values and images
     as the convolution's output that maximize optimises.
@@ -205,25 +240,37 @@ def _stored_top(run: Run, checkpoint: Checkpoint, layer: str, split: str, indice
     import torch
 
     from cnnviz_cli.models.patches import STAGE, TopK
+    from cnnviz_cli.views.patches import DATA_FILE
 
     record = (run.manifest().get("outputs") or {}).get("patches")
-    if not record or record.get("checkpoint_sha256") != checkpoint.sha256 or record.get("split") != split:
+    if not record:
         return None
-    if record.get("limit") is not None or layer not in record.get("layers", ()) or record.get("top", 0) < TOP:
-        return None
-    try:
-        document = json.loads(run.verified_file("patches/patches.json").read_text())
-        stored = document["layers"][layer]
-        rows = [stored["channels"][i]["top"][:TOP] for i in indices]
-    except (KeyError, IndexError, ValueError, OSError):
-        return None
-    if stored.get("stage") != STAGE:
-        return None
-    return TopK(*(
-        torch.tensor([[entry[key] for entry in row] for row in rows], dtype=dtype)
-        for key, dtype in (("activation", torch.float32), ("image", torch.int64), ("y", torch.int64),
-                           ("x", torch.int64))
-    ))
+    variants = record.get("variants")
+    if variants is None:  # written before patches kept each set of options: the one data file
+        variants = {DATA_FILE: {"kind": "data", **record}}
+    usable = sorted(
+        (variant.get("created", ""), relpath)
+        for relpath, variant in variants.items()
+        if variant.get("kind") == "data" and variant.get("checkpoint_sha256") == checkpoint.sha256
+        and variant.get("split") == split and variant.get("limit") is None
+        and layer in variant.get("layers", ()) and variant.get("top", 0) >= TOP
+    )
+    for _created, relpath in reversed(usable):
+        try:
+            document = json.loads(run.verified_file(relpath).read_text())
+            stored = document["layers"][layer]
+            rows = [stored["channels"][i]["top"][:TOP] for i in indices]
+        except (KeyError, IndexError, ValueError, OSError):
+            continue
+        if stored.get("stage") != STAGE:
+            continue
+        top = TopK(*(
+            torch.tensor([[entry[key] for entry in row] for row in rows], dtype=dtype)
+            for key, dtype in (("activation", torch.float32), ("image", torch.int64), ("y", torch.int64),
+                               ("x", torch.int64))
+        ))
+        return top, relpath
+    return None
 
 
 def _crop(image: torch.Tensor, field: ReceptiveField | None, y: int, x: int) -> torch.Tensor:
@@ -271,8 +318,9 @@ def compute(
     field = _field(model, checkpoint.model_config, options.layer)
     top, patches_from = None, "computed"
     if field is not None:
-        top = _stored_top(run, checkpoint, options.layer, split.name, maximized.indices)
-        patches_from = "patches/patches.json" if top is not None else patches_from
+        stored = _stored_top(run, checkpoint, options.layer, split.name, maximized.indices)
+        if stored is not None:
+            top, patches_from = stored
     if top is None:
         top = dataset_top(
             model, options.layer, maximized.indices, split.images, k=TOP, mean=mean, std=std, on_batch=on_batch
@@ -297,10 +345,12 @@ def compute(
 
 
 def write(run: Run, result: MaximizeResult) -> list[Path]:
-    """Draw maximize/<layer>.png, store the images as maximize/<layer>.safetensors; all or nothing."""
+    """Draw maximize/<layer>.png, store the images as maximize/<layer>.safetensors (both named from the
+    options when they are not the defaults); all or nothing."""
     from cnnviz_cli.plots.common import caption_decimals, png_bytes
     from cnnviz_cli.plots.maximize import maximize_figure, maximize_title
     from cnnviz_cli.store.checkpoint import save_tensors
+    from cnnviz_cli.store.runs import file_metadata
 
     m, top, c = result.maximized, result.top, result.options.config
     reached = [float(v) for v in m.activations]
@@ -327,7 +377,7 @@ def write(run: Run, result: MaximizeResult) -> list[Path]:
         "images": "pixels in [0, 1] before the run's normalisation, (N, C, H, W)",
     }
     with run.outputs(f"{SECTION}/{result.slug}", record=record) as staging:
-        paths = [staging.write_bytes(png, png_bytes(figure, record), kind="image")]
+        paths = [staging.write_bytes(png, png_bytes(figure, file_metadata(record)), kind="image")]
         save_tensors(
             staging.path(tensors, kind="data"),
             {"images": m.images, "activations": m.activations, "peaks": m.peaks,

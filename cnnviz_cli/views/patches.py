@@ -43,6 +43,19 @@ class PatchesOptions:
         if self.limit is not None:
             check_at_least(self.limit, 1, "--limit")
 
+    @property
+    def tag(self) -> str:
+        """What the file names say of the options: nothing for the defaults, else '.train.top4.limit60'.
+
+        Each set of options gets its own pictures, so a later call with other options erases nothing; the
+        batch size and the data folder change no result and are not named."""
+        parts = [] if self.split == PatchesOptions.split else [self.split]
+        if self.top != PatchesOptions.top:
+            parts.append(f"top{self.top}")
+        if self.limit is not None:
+            parts.append(f"limit{self.limit}")
+        return "".join(f".{part}" for part in parts)
+
 
 @dataclass(frozen=True)
 class PatchesResult:
@@ -55,6 +68,7 @@ class PatchesResult:
     fields: list[ReceptiveField]  # of every conv layer, for the table and the JSON
     layers: list[LayerPatches]
     seconds: float  # the search's wall time
+    every_layer: bool = True  # the layers are all the default ones (patches.json, else patches.<layers>.json)
 
     @property
     def top(self) -> int:
@@ -74,10 +88,25 @@ class PatchesResult:
         return "output" if any(f.stage == "output" for f in self.fields) else STAGE
 
     def relpath(self, layer: str) -> str:
-        return f"{SECTION}/{layer}.png"
+        return f"{SECTION}/{layer}{self.options.tag}.png"
+
+    @property
+    def data_relpath(self) -> str:
+        """patches.json for every layer with the default options, else named from the layers and options."""
+        layers = "" if self.every_layer else "." + "+".join(layer.layer for layer in self.layers)
+        return f"{SECTION}/patches{layers}{self.options.tag}.json"
+
+    def variants(self) -> dict[str, dict]:
+        """Every file with the options it was made with (the manifest keeps those of earlier calls too)."""
+        options = {"top": self.top, "split": self.data.name, "limit": self.options.limit, "searched": self.images,
+                   "stage": self.stage, "checkpoint_sha256": self.checkpoint.sha256}
+        found = {self.relpath(layer.layer): {"kind": "figure", "layer": layer.layer, **options}
+                 for layer in self.layers}
+        found[self.data_relpath] = {"kind": "data", "layers": [layer.layer for layer in self.layers], **options}
+        return found
 
     def record(self) -> dict:
-        """The manifest entry (also written into patches.json)."""
+        """The manifest entry (also written into the data file)."""
         return {
             "command": "patches",
             "layers": [layer.layer for layer in self.layers],
@@ -88,6 +117,7 @@ class PatchesResult:
             "dataset": self.data.dataset,
             "stage": self.stage,
             "checkpoint_sha256": self.checkpoint.sha256,
+            "variants": self.variants(),
         }
 
     def document(self) -> dict:
@@ -109,7 +139,7 @@ class PatchesResult:
             "run_id": self.run_id,
             **self.document(),
             "images": [str(self.run_dir / self.relpath(layer.layer)) for layer in self.layers],
-            "json": str(self.run_dir / DATA_FILE),
+            "json": str(self.run_dir / self.data_relpath),
             "seconds": round(self.seconds, 3),
         }
 
@@ -127,6 +157,9 @@ def compute(run: Run, options: PatchesOptions, on_batch: BatchCallback | None = 
     model, checkpoint = load_run_model(run, "cpu")
     network = checkpoint.model_config
     chosen = check_layers(model, options.layers, in_channels=network.in_channels, image_size=network.image_size)
+    every_layer = options.layers is None or chosen == check_layers(
+        model, None, in_channels=network.in_channels, image_size=network.image_size
+    )
     data = run_split(
         run.manifest(), options.split, dataset=checkpoint.dataset, data_dir=options.data_dir, offline=options.offline
     )
@@ -135,14 +168,15 @@ def compute(run: Run, options: PatchesOptions, on_batch: BatchCallback | None = 
     layers = top_patches(model, images, chosen, k=options.top, batch_size=options.batch_size, on_batch=on_batch)
     seconds = time.perf_counter() - started
     fields = network_fields(model, network, None if is_plain_cnn(model) else chosen)
-    return PatchesResult(run.id, run.dir, options, checkpoint, data, len(images), fields, layers, seconds)
+    return PatchesResult(run.id, run.dir, options, checkpoint, data, len(images), fields, layers, seconds, every_layer)
 
 
 def write(run: Run, result: PatchesResult) -> list[Path]:
-    """patches/<layer>.png and patches/patches.json, recorded in the manifest, all or nothing."""
+    """patches/<layer>.png and patches/patches.json (named from the options when not the defaults), recorded
+    in the manifest, all or nothing."""
     from cnnviz_cli.plots.common import png_bytes
     from cnnviz_cli.plots.patches import patches_figure
-    from cnnviz_cli.store.runs import atomic_write_json
+    from cnnviz_cli.store.runs import atomic_write_json, file_metadata
 
     record = result.record()
     data = result.data
@@ -158,6 +192,6 @@ def write(run: Run, result: PatchesResult) -> list[Path]:
             )
             png = png_bytes(patches_figure(layer, title))
             paths.append(staging.write_bytes(result.relpath(layer.layer), png, kind="figure"))
-        document = {"run_id": run.id, **result.document(), "record": record}
-        atomic_write_json(staging.path(DATA_FILE, kind="data"), document)
-    return [*paths, staging.final_path(DATA_FILE)]
+        document = {"run_id": run.id, **result.document(), "record": file_metadata(record)}
+        atomic_write_json(staging.path(result.data_relpath, kind="data"), document)
+    return [*paths, staging.final_path(result.data_relpath)]

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import assert_clean_error, cli, tree_digest
+from helpers import assert_clean_error, cli, inodes, report_section, tree_digest
 from torch import nn
 
 from cnnviz_cli.config import ModelConfig
@@ -369,7 +369,7 @@ def test_channels_images_json_and_agreement_with_patches(store_copy):
     assert [c["channel"] for c in doc["channels"]] == [3, 0]
     assert doc["patches_from"] == "computed" and doc["searched"] == 200
     assert doc["exceeded"] == sum(c["exceeds_dataset"] for c in doc["channels"])
-    tensors, metadata = read_tensors(store / run_id / "maximize" / "conv2.safetensors")
+    tensors, metadata = read_tensors(store / run_id / "maximize" / "conv2.ch0+3.steps64.safetensors")
     assert tensors["images"].shape == (2, 1, 28, 28)
     assert 0.0 <= float(tensors["images"].min()) and float(tensors["images"].max()) <= 1.0
     assert [round(float(v), 6) for v in tensors["activations"]] == [c["activation"] for c in doc["channels"]]
@@ -377,9 +377,9 @@ def test_channels_images_json_and_agreement_with_patches(store_copy):
     manifest = json.loads((store / run_id / "manifest.json").read_text())
     entry = manifest["outputs"]["maximize/conv2"]
     assert (entry["command"], entry["layer"], entry["indices"], entry["steps"]) == ("maximize", "conv2", [3, 0], 64)
-    assert entry["files"] == ["maximize/conv2.png", "maximize/conv2.safetensors"]
-    assert doc["images"] == [str(store / run_id / "maximize" / "conv2.png")]
-    assert doc["tensors"] == str(store / run_id / "maximize" / "conv2.safetensors")
+    assert entry["files"] == ["maximize/conv2.ch0+3.steps64.png", "maximize/conv2.ch0+3.steps64.safetensors"]
+    assert doc["images"] == [str(store / run_id / "maximize" / "conv2.ch0+3.steps64.png")]
+    assert doc["tensors"] == str(store / run_id / "maximize" / "conv2.ch0+3.steps64.safetensors")
 
     # `patches` searches the same images after the ReLU: where a channel fires, the same maximum.
     patches = cli("patches", "--artifacts", store, "--run", run_id, "--layer", "conv2", "--json", "--quiet")
@@ -395,12 +395,12 @@ def test_channels_images_json_and_agreement_with_patches(store_copy):
     again = _maximize(store, run_id, "--layer", "conv2", "--channel", "3", "--channel", "0", "--steps", "64")
     assert again.exit_code == 0, again.stderr
     redo = json.loads(again.stdout)
-    assert redo["patches_from"] == "patches/patches.json"
+    assert redo["patches_from"] == "patches/patches.conv2.json"
     assert [c["activation"] for c in redo["channels"]] == [c["activation"] for c in doc["channels"]]
     assert [c["dataset_max"] for c in redo["channels"]] == pytest.approx(
         [max(c["dataset_max"], 0.0) for c in doc["channels"]], abs=1e-5
     )
-    same, _ = read_tensors(store / run_id / "maximize" / "conv2.safetensors")
+    same, _ = read_tensors(store / run_id / "maximize" / "conv2.ch0+3.steps64.safetensors")
     assert bool((same["images"] == tensors["images"]).all())
 
 
@@ -417,7 +417,44 @@ def test_class_images_win_their_class(store_copy):
     # The fixture's 2-epoch network is unsure of everything (its best test image scores a logit below 1);
     # the optimised images still win their class outright and score above every test image.
     assert all(c["probability"] > 0.5 and c["exceeds_dataset"] for c in doc["classes"]), doc["classes"]
-    assert (store / run_id / "maximize" / "classes.png").is_file()
+    assert (store / run_id / "maximize" / "classes.2+7.steps128.png").is_file()
+
+
+@pytest.mark.slow
+def test_calls_with_other_options_keep_each_others_files_and_the_report_shows_them(store_copy, tiny_data):
+    store, run_id = store_copy
+    run_dir, folder = store / run_id, store / run_id / "maximize"
+    every = ("--layer", "conv1", "--steps", "2")
+    assert _maximize(store, run_id, *every).exit_code == 0
+    some = _maximize(store, run_id, "--layer", "conv1", "--channel", "2", "--channel", "0", "--channel", "1",
+                     "--channel", "7", "--steps", "2", "--seed", "1")
+    assert some.exit_code == 0, some.stderr
+    assert json.loads(some.stdout)["images"] == [str(folder / "conv1.ch0-2+7.steps2.seed1.png")]
+    assert _maximize(store, run_id, "--class", "all", "--steps", "2").exit_code == 0
+    first = inodes(folder)
+    assert list(first) == ["classes.steps2.png", "classes.steps2.safetensors", "conv1.ch0-2+7.steps2.seed1.png",
+                           "conv1.ch0-2+7.steps2.seed1.safetensors", "conv1.steps2.png", "conv1.steps2.safetensors"]
+
+    assert _maximize(store, run_id, *every).exit_code == 0  # the same options: replaces its own files only
+    again = inodes(folder)
+    assert list(again) == list(first)
+    assert [name for name in first if again[name] != first[name]] == ["conv1.steps2.png", "conv1.steps2.safetensors"]
+    outputs = json.loads((run_dir / "manifest.json").read_text())["outputs"]
+    assert {rel: (v["kind"], v["indices"], v["seed"]) for rel, v in outputs["maximize/conv1"]["variants"].items()} == {
+        "maximize/conv1.steps2.png": ("figure", list(range(16)), 0),
+        "maximize/conv1.steps2.safetensors": ("tensors", list(range(16)), 0),
+        "maximize/conv1.ch0-2+7.steps2.seed1.png": ("figure", [2, 0, 1, 7], 1),
+        "maximize/conv1.ch0-2+7.steps2.seed1.safetensors": ("tensors", [2, 0, 1, 7], 1),
+    }
+    assert outputs["maximize/classes"]["files"] == ["maximize/classes.steps2.png", "maximize/classes.steps2.safetensors"]
+
+    report = cli("report", "--artifacts", store, "--data-dir", tiny_data, "--images", "0", "--quiet")
+    assert report.exit_code == 0, report.stderr
+    section = report_section(run_dir, "maximize")
+    assert "<dd>maximize/conv1.steps2.png</dd>" in section and "<dd>maximize/classes.steps2.png</dd>" in section
+    assert "<dd>maximize/conv1.ch0-2+7.steps2.seed1.png</dd>" not in section
+    assert ("conv1: shown conv1.steps2.png (16 channels, 2 steps, seed 0, test split); also in the run: "
+            "conv1.ch0-2+7.steps2.seed1.png (4 channels, 2 steps, seed 1, test split).") in section
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import assert_clean_error, brute_force_top_k, cli, tree_digest
+from helpers import assert_clean_error, brute_force_top_k, cli, inodes, report_section, tree_digest
 
 from cnnviz_cli.config import ModelConfig
 from cnnviz_cli.models.patches import top_patches
@@ -76,13 +76,13 @@ def test_patches_cli_matchesbrute_force_top_k(store_copy, tiny_data):
 
     manifest = json.loads((artifacts / run_id / "manifest.json").read_text())
     output = manifest["outputs"]["patches"]
-    assert output["files"] == ["patches/conv1.png", "patches/conv2.png", "patches/patches.json"]
+    assert output["files"] == ["patches/conv1.top5.png", "patches/conv2.top5.png", "patches/patches.top5.json"]
     assert output["checkpoint_sha256"] == manifest["files"]["model.safetensors"]["sha256"]
     assert output["top"] == 5 and output["searched"] == 200
     for rel in output["files"]:
         assert rel in manifest["files"] and (artifacts / run_id / rel).is_file()
-    assert doc["images"] == [str(artifacts / run_id / "patches" / f"{layer}.png") for layer in ("conv1", "conv2")]
-    sidecar = json.loads((artifacts / run_id / "patches" / "patches.json").read_text())
+    assert doc["images"] == [str(artifacts / run_id / "patches" / f"{layer}.top5.png") for layer in ("conv1", "conv2")]
+    sidecar = json.loads((artifacts / run_id / "patches" / "patches.top5.json").read_text())
     assert sidecar["layers"] == doc["layers"]
 
 
@@ -98,6 +98,45 @@ def test_limit_and_one_layer(store_copy, tiny_data):
     assert "more than the 3 images" in result.stderr
     for channel in doc["layers"]["conv1"]["channels"]:
         assert sorted(e["image"] for e in channel["top"]) == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_calls_with_other_options_keep_each_others_files_and_the_report_shows_them(store_copy, tiny_data):
+    store, run_id = store_copy
+    run_dir, folder = store / run_id, store / run_id / "patches"
+    wide = ("patches", "--artifacts", store, "--data-dir", tiny_data, "--limit", "40", "--top", "2", "--quiet")
+    assert cli(*wide).exit_code == 0
+    narrow = cli("patches", "--artifacts", store, "--data-dir", tiny_data, "--layer", "conv2", "--limit", "20",
+                 "--json", "--quiet")
+    assert narrow.exit_code == 0, narrow.stderr
+    doc = json.loads(narrow.stdout)
+    assert doc["images"] == [str(folder / "conv2.limit20.png")] and doc["json"] == str(folder / "patches.conv2.limit20.json")
+    first = inodes(folder)
+    assert list(first) == ["conv1.top2.limit40.png", "conv2.limit20.png", "conv2.top2.limit40.png",
+                           "patches.conv2.limit20.json", "patches.top2.limit40.json"]
+
+    assert cli(*wide).exit_code == 0  # the same options again: replaces its own three files, nothing else
+    again = inodes(folder)
+    assert list(again) == list(first)
+    assert [name for name in first if again[name] != first[name]] == [
+        "conv1.top2.limit40.png", "conv2.top2.limit40.png", "patches.top2.limit40.json"]
+    record = json.loads((run_dir / "manifest.json").read_text())["outputs"]["patches"]
+    assert record["files"] == [f"patches/{name}" for name in first]
+    assert {rel: (v["kind"], v.get("layer"), v["top"], v["limit"], v["searched"]) for rel, v in record["variants"].items()} == {
+        "patches/conv1.top2.limit40.png": ("figure", "conv1", 2, 40, 40),
+        "patches/conv2.top2.limit40.png": ("figure", "conv2", 2, 40, 40),
+        "patches/conv2.limit20.png": ("figure", "conv2", 9, 20, 20),
+        "patches/patches.top2.limit40.json": ("data", None, 2, 40, 40),
+        "patches/patches.conv2.limit20.json": ("data", None, 9, 20, 20),
+    }
+
+    report = cli("report", "--artifacts", store, "--data-dir", tiny_data, "--images", "0", "--quiet")
+    assert report.exit_code == 0, report.stderr
+    section = report_section(run_dir, "patches")
+    assert "<dd>patches/conv1.top2.limit40.png</dd>" in section and "<dd>patches/conv2.top2.limit40.png</dd>" in section
+    assert "<dd>patches/conv2.limit20.png</dd>" not in section
+    assert ("conv2: shown conv2.top2.limit40.png (top 2 of 40 test images); also in the run: conv2.limit20.png "
+            "(top 9 of 20 test images).") in section
 
 
 @pytest.mark.parametrize(
