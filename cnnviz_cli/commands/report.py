@@ -27,6 +27,8 @@ def main(
 
     It shows the run's summary and options, training curves, evaluation, filters, feature maps of a few test images, and the patches, maximized inputs, attributions, evolution and comparisons the run holds, each with the checkpoint sha256 and options that made it. Evaluation, filters and feature maps that the run does not hold yet are computed for the report; for the other parts it names the command that produces them.
 
+    A later call regenerates the file in place and says so on stderr: a report shows the run as it is now, and the stored pictures an earlier report showed are still in the run.
+
     Example: cnnviz report --open
     """
     from cnnviz_cli import console
@@ -39,6 +41,8 @@ def main(
     path = report.write(the_run, result)
     for warning in result.report.warnings:
         console.warn(warning)
+    if result.replaces:
+        console.info(f"Replaced the report written {result.replaces}: {path} shows the run as it is now.", quiet)
     if not quiet:
         console.result(console.table(
             f"Report of run {the_run.id}",

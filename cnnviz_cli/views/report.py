@@ -41,6 +41,7 @@ class ReportResult:
     options: ReportOptions
     report: Report
     html: bytes  # the page, UTF-8
+    replaces: str | None = None  # when the report this one replaces was written (None: the run had none)
 
     @property
     def path(self) -> Path:
@@ -77,14 +78,17 @@ def compute(run: Run, options: ReportOptions, *, on_step: StepCallback | None = 
     from cnnviz_cli.report.collect import build_report
     from cnnviz_cli.report.render import render_html
 
+    earlier = (run.manifest().get("outputs") or {}).get(SECTION)
+    replaces = earlier.get("created", "an earlier call") if earlier and (run.dir / REPORT_FILE).is_file() else None
     report = build_report(
         run, images=options.images, data_dir=options.data_dir, offline=options.offline, on_step=on_step
     )
-    return ReportResult(run.id, run.dir, options, report, render_html(report).encode("utf-8"))
+    return ReportResult(run.id, run.dir, options, report, render_html(report).encode("utf-8"), replaces)
 
 
 def write(run: Run, result: ReportResult) -> Path:
-    """report/report.html and its manifest entry."""
+    """report/report.html and its manifest entry, replacing the run's earlier report: a report shows the run
+    as it is now, and the stored pictures an earlier one showed are still in the run."""
     with run.outputs(SECTION, record=result.record()) as staging:
         path = staging.write_bytes(REPORT_FILE, result.html, kind="report")
     return path

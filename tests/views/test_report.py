@@ -205,3 +205,24 @@ def test_open_hands_the_file_to_the_browser(store_copy, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert opened.read_text() == (store / run_id / "report" / "report.html").as_uri()
+
+
+@pytest.mark.slow
+def test_a_second_report_replaces_the_first_in_place_and_says_so(store_copy, tiny_data):
+    store, run_id = store_copy
+    report_dir = store / run_id / "report"
+    args = ("report", "--artifacts", store, "--data-dir", tiny_data, "--images", "0")
+    first = cli(*args)
+    assert first.exit_code == 0, first.stderr
+    assert "Replaced" not in first.stderr
+    created = json.loads((store / run_id / "manifest.json").read_text())["outputs"]["report"]["created"]
+    assert cli("filters", "--artifacts", store, "--layer", "conv1", "--quiet").exit_code == 0
+    second = cli(*args)
+    assert second.exit_code == 0, second.stderr
+    path = report_dir / "report.html"
+    assert f"Replaced the report written {created}: {path} shows the run as it is now." in second.stderr
+    assert str(path) not in second.stderr.replace(f"{path} shows", "")  # the result line stays on stdout
+    assert [p.name for p in report_dir.iterdir()] == ["report.html"]
+    assert "filters/conv1.png" in path.read_text()  # the new report shows what was added in between
+    quiet = cli(*args, "--quiet")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
