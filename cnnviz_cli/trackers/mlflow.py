@@ -41,8 +41,9 @@ class MlflowExport:
     created: bool
     params: int
     metrics_logged: int
-    artifacts: int
+    artifacts: int  # files sent, pictures included
     artifact_uri: str
+    images: tuple[str, ...] = field(default=())  # the run's pictures among them (paths in the store)
     warnings: tuple[str, ...] = field(default=())
 
     def summary(self) -> str:
@@ -51,7 +52,7 @@ class MlflowExport:
                 f"points, {self.artifacts} files in {self.artifact_uri})")
 
     def to_json(self) -> dict:
-        return {**asdict(self), "warnings": list(self.warnings)}
+        return {**asdict(self), "images": list(self.images), "warnings": list(self.warnings)}
 
 
 def _millis(moment) -> int | None:
@@ -231,5 +232,6 @@ class MlflowTarget:
             metrics_logged=len(metrics),
             artifacts=len(contents.files),
             artifact_uri=run.info.artifact_uri,
+            images=tuple(str(picture.path) for picture in contents.pictures),
             warnings=tuple(warnings),
         )

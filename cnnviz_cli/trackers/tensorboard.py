@@ -31,15 +31,17 @@ class TensorBoardExport:
     path: Path
     replaced: bool
     scalars: int
-    images: int
+    images: tuple[str, ...]  # the run's pictures that were sent (paths in the store)
+    image_steps: int  # TensorBoard images written: one per picture, one per frame of a GIF
     hparams: int
 
     def summary(self) -> str:
         state = "replaced" if self.replaced else "new"
-        return f"{self.run_id} -> {self.path} ({state}: {self.scalars} scalars, {self.images} images)"
+        return (f"{self.run_id} -> {self.path} ({state}: {self.scalars} scalars, {len(self.images)} pictures as "
+                f"{self.image_steps} images)")
 
     def to_json(self) -> dict:
-        return {**asdict(self), "path": str(self.path)}
+        return {**asdict(self), "path": str(self.path), "images": list(self.images)}
 
 
 def scalar_tag(name: str) -> str:
@@ -142,4 +144,5 @@ class TensorBoardTarget:
         finally:
             with contextlib.suppress(OSError):
                 shutil.rmtree(staging)
-        return TensorBoardExport(contents.run_id, target, replaced, scalars, images, params)
+        pictures = tuple(str(picture.path) for picture in contents.pictures)
+        return TensorBoardExport(contents.run_id, target, replaced, scalars, pictures, images, params)

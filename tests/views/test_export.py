@@ -93,7 +93,8 @@ def test_tensorboard_holds_every_epoch_the_evaluation_the_options_and_every_pict
         assert (matrix.width, matrix.height, matrix.step) == (*png.size, 2)
     frames = events.Images("evolution/conv1/filters")
     assert [f.step for f in frames] == [1, 2]  # one image per epoch of the GIF
-    assert sum(len(events.Images(t)) for t in tags) == doc["runs"][0]["images"]
+    assert sum(len(events.Images(t)) for t in tags) == doc["runs"][0]["image_steps"]
+    assert doc["runs"][0]["images"] == [str(store / run_id / p) for p in sorted(pictures)]
 
     hparams = events.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
@@ -162,6 +163,9 @@ def test_mlflow_holds_parameters_metric_histories_tags_and_files(pictured_store,
     assert {"manifest.json", "model.safetensors", "curves.png", "evaluation", "filters", "evolution"} <= top
     files = {f.path: f.file_size for f in client.list_artifacts(run.info.run_id, "evaluation")}
     assert files["evaluation/confusion_matrix.png"] == manifest["files"]["evaluation/confusion_matrix.png"]["bytes"]
+    pictures = sorted(p for p in manifest["files"] if p.endswith((".png", ".gif")))
+    assert exported["images"] == [str(store / run_id / p) for p in pictures]
+    assert exported["artifacts"] == len(manifest["files"]) + 1  # and manifest.json
 
 
 @pytest.mark.slow
