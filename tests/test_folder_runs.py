@@ -116,7 +116,7 @@ def test_evolution_prepares_an_own_picture_at_the_runs_image_size(folder_store, 
 
 def test_resume_of_a_folder_run_that_moved_names_the_fix_and_takes_its_new_place(shapes_folder, tmp_path):
     folder = tmp_path / "shapes"
-    shutil.copytree(shapes_folder, folder)  # same files, sizes and times: the decoded cache still fits
+    shutil.copytree(shapes_folder, folder)
     store = tmp_path / "artifacts"
     first = cli("train", "--dataset", folder, "--image-size", "24", "--epochs", "1", "--artifacts", store,
                 "--json", "--quiet")

@@ -20,12 +20,25 @@ SHOWN_FILES = 10
 
 
 def main(
-    path: Annotated[str, typer.Argument(help="An image folder: one subfolder per class, or train/ val/ test/.")],
+    path: Annotated[
+        str | None,
+        typer.Argument(
+            help="An image folder: one subfolder per class, or train/ val/ test/.", metavar="PATH", show_default=False
+        ),
+    ] = None,
     image_size: ImageSizeOpt = None,
     channels: ChannelsOpt = None,
     val_fraction: ValFractionOpt = 0.2,
     test_fraction: TestFractionOpt = 0.1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split (as in `cnnviz train`).")] = 0,
+    clear_cache: Annotated[
+        bool,
+        typer.Option(
+            "--clear-cache",
+            help="Remove the folder's decoded pictures from the cache instead (every folder's without PATH); "
+            "the next use decodes it again.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -33,15 +46,45 @@ def main(
 
     The pictures are decoded into the cache on the way, so the training that follows starts at once.
 
+    A folder's older decoded forms are removed when it changes and is decoded again; --clear-cache removes the rest (also of folders that no longer exist).
+
     Example: cnnviz datasets ./leaves --image-size 48
+
+    Example: cnnviz datasets ./leaves --clear-cache
     """
     from cnnviz_cli import console
 
+    if clear_cache:
+        _clear(path, json_out, quiet)
+        return
+    if path is None:
+        from cnnviz_cli.errors import UsageError
+
+        raise UsageError("Pass an image folder's PATH.", "Without a PATH only --clear-cache works (every folder's cache).")
     result = describe(path, image_size, channels, val_fraction, test_fraction, seed, quiet)
     if not quiet:
         print_folder(result.folder)
     if json_out:
         console.emit_json(result.to_json())
+
+
+def _clear(path: str | None, json_out: bool, quiet: bool) -> None:
+    from rich.markup import escape
+
+    from cnnviz_cli import console
+    from cnnviz_cli.formats import fmt_bytes
+    from cnnviz_cli.views import datasets
+
+    done = datasets.clear(path)
+    if not quiet:
+        whose = f"of {escape(path)}" if path is not None else f"of {len(done.folders)} image folder(s)"
+        where = escape(str(done.cache))
+        if done.files:
+            console.result(f"Removed {done.files} cache file(s) {whose} ({fmt_bytes(done.bytes)}) from {where}.")
+        else:
+            console.result(f"Nothing to remove: no cache files {whose} in {where}.")
+    if json_out:
+        console.emit_json(done.to_json())
 
 
 def describe(path, image_size, channels, val_fraction, test_fraction, seed, quiet: bool):

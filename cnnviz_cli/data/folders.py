@@ -11,6 +11,7 @@ the file into memory instead of reading it, so a dataset larger than memory stil
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import mmap
@@ -362,9 +363,19 @@ def _cache_root() -> Path:
     return cache_dir() / "folders"
 
 
+def folder_cache_dir(root: Path | str) -> Path:
+    """The cache folder of the image folder ``root``: one per image folder (named by a digest of its real
+    path, which ``FOLDER_NOTE`` inside names in words), so that its stale files can be found and removed."""
+    real = os.path.realpath(os.path.expanduser(root))
+    return _cache_root() / hashlib.sha256(real.encode()).hexdigest()[:16]
+
+
+FOLDER_NOTE = "folder.txt"
+
+
 def probe_folder(scan: FolderScan, on_progress: Progress | None = None) -> dict[str, PictureInfo | str]:
     """Each picture's header (size, colour) or why it cannot be read; cached by the folder's key."""
-    cached = _cache_root() / f"{scan.key()}.probe.json"
+    cached = folder_cache_dir(scan.root) / f"{scan.key()}.probe.json"
     try:
         raw = json.loads(cached.read_text())
         return {rel: (PictureInfo(*value) if isinstance(value, list) else value) for rel, value in raw.items()}
@@ -413,7 +424,67 @@ def check_image_options(image_size: int | None, channels: int | None) -> None:
 
 
 def cache_path(scan: FolderScan, image_size: int, channels: int) -> Path:
-    return _cache_root() / f"{scan.key()}-{image_size}px-{channels}ch.safetensors"
+    return folder_cache_dir(scan.root) / f"{scan.key()}-{image_size}px-{channels}ch.safetensors"
+
+
+def _cache_files(directory: Path) -> list[Path]:
+    """The finished cache files in ``directory`` (files being written start with a dot and are left alone)."""
+    try:
+        return sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def prune_stale(scan: FolderScan) -> list[Path]:
+    """Remove the cache files of ``scan``'s folder that were made from an earlier state of it (another
+    key); returns what was removed. A process still training from one keeps its mapping (POSIX)."""
+    directory = folder_cache_dir(scan.root)
+    key = scan.key()
+    removed = []
+    for path in _cache_files(directory):
+        if path.name != FOLDER_NOTE and not path.name.startswith(key):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+@dataclass(frozen=True)
+class ClearedCache:
+    """What ``clear_cache`` removed: the image folders whose cache it emptied, files and bytes."""
+
+    cache: Path
+    folders: tuple[str, ...]
+    files: int
+    bytes: int
+
+
+def clear_cache(root: Path | str | None = None) -> ClearedCache:
+    """Remove the decoded cache of the image folder ``root`` (which need not exist any more), or of
+    every image folder when ``root`` is None. Files being written by a running decode are left alone."""
+    base = _cache_root()
+    directories = [folder_cache_dir(root)] if root is not None else (
+        sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    )
+    if root is None:
+        directories.append(base)  # cache files of earlier versions lay directly in it
+    names, files, size = [], 0, 0
+    for directory in directories:
+        note = directory / FOLDER_NOTE
+        with contextlib.suppress(OSError):
+            names.append(note.read_text().strip())
+        for path in _cache_files(directory):
+            with contextlib.suppress(OSError):
+                length = path.stat().st_size
+                path.unlink()
+                if path.name != FOLDER_NOTE:
+                    files, size = files + 1, size + length
+        if directory != base:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only when nothing is being written into it
+    if root is not None and not names and files:
+        names.append(os.path.realpath(os.path.expanduser(root)))
+    return ClearedCache(base, tuple(names), files, size)
 
 
 def _write_cache(path: Path, raw: Path, n: int, row_bytes: int, labels: list[int], metadata: dict) -> None:
@@ -522,6 +593,9 @@ def decode_folder(
                 "files": [item.relpath for item in scan.files], "unreadable": sorted(unreadable),
             }
             _write_cache(path, raw, n, row_bytes, labels, metadata)
+            with contextlib.suppress(OSError):
+                (path.parent / FOLDER_NOTE).write_text(f"{os.path.realpath(scan.root)}\n")
+            prune_stale(scan)  # the folder changed: what was decoded from its earlier state is never read again
         finally:
             raw.unlink(missing_ok=True)
         decoded = n

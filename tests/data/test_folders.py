@@ -232,6 +232,41 @@ def test_cache_decodes_once_notices_changes_and_is_memory_mapped(shapes, tmp_pat
     assert third.decoded == 39 and third.cache_path != second.cache_path
 
 
+def _cache_names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folders.folder_cache_dir(folder).iterdir())
+
+
+def test_a_changed_folder_leaves_no_stale_cache_and_clear_cache_empties_it(shapes, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNVIZ_CACHE_DIR", str(tmp_path / "cache"))  # clearing every folder's: a private cache
+    folder = copy_of(shapes, tmp_path)
+    other = copy_of(shapes, tmp_path / "elsewhere")  # the same pictures in another folder: a cache of its own
+    old_key = folders.scan_folder(folder).key()
+    folders.probe_folder(folders.scan_folder(folder))
+    folders.decode_folder(folders.scan_folder(folder), 24, 3)
+    folders.decode_folder(folders.scan_folder(folder), 16, 1)
+    folders.decode_folder(folders.scan_folder(other), 24, 3)
+    assert _cache_names(folder) == [
+        f"{old_key}-16px-1ch.safetensors", f"{old_key}-24px-3ch.safetensors", f"{old_key}.probe.json", "folder.txt",
+    ]
+    assert (folders.folder_cache_dir(folder) / "folder.txt").read_text() == f"{os.path.realpath(folder)}\n"
+
+    (folder / "red_discs" / "red_disc-0000.png").unlink()  # the folder changes: decoding it again prunes
+    changed = folders.decode_folder(folders.scan_folder(folder), 24, 3)
+    assert changed.decoded == 38
+    assert _cache_names(folder) == [changed.cache_path.name, "folder.txt"]
+    assert folders.decode_folder(folders.scan_folder(other), 24, 3).decoded == 0  # the other folder kept its own
+
+    size = changed.cache_path.stat().st_size
+    shutil.rmtree(folder)  # a folder that is gone can still have its cache removed
+    cleared = folders.clear_cache(folder)
+    assert (cleared.folders, cleared.files, cleared.bytes) == ((os.path.realpath(folder),), 1, size)
+    assert not folders.folder_cache_dir(folder).exists()
+    assert folders.clear_cache(folder).files == 0
+    everything = folders.clear_cache()
+    assert everything.files == 1 and everything.folders == (os.path.realpath(other),)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
 def test_a_damaged_cache_file_is_rebuilt(shapes, tmp_path):
     folder = copy_of(shapes, tmp_path)
     scan = folders.scan_folder(folder)

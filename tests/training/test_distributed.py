@@ -211,7 +211,7 @@ def test_an_image_folder_is_decoded_once_by_the_first_process(shapes_folder, tmp
     folder = doc["folder"]
     assert folder["decoded"] == folder["pictures"] + len(folder["unreadable"]) == 63  # once, not once per process
     assert result.stderr.count("decoding pictures: 63/63") == 1  # progress from rank 0 only
-    assert [p.name for p in (cache / "folders").iterdir() if p.suffix == ".safetensors"] == [Path(folder["cache"]).name]
-    assert not [p for p in (cache / "folders").iterdir() if p.name.startswith(".")]  # no half-written rows left
+    assert [p.name for p in (cache / "folders").rglob("*.safetensors")] == [Path(folder["cache"]).name]
+    assert not [p for p in (cache / "folders").rglob(".*")]  # no half-written rows left
     manifest = json.loads((Path(doc["run_dir"]) / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["distributed"]["world_size"] == 2

@@ -50,3 +50,21 @@ def test_train_dry_run_describes_and_stores_nothing(tmp_path):
     assert found["dry_run"] is True and found["folder"]["channels"] == 1
     assert "nothing was trained" in result.stderr
     assert tree_digest(store) == "absent"
+
+
+def test_clear_cache_removes_a_folders_decoded_pictures_and_says_what_it_freed(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNVIZ_CACHE_DIR", str(tmp_path / "cache"))  # clearing every folder's: a private cache
+    folder = write_picture_folder(tmp_path / "pics", per_class=4, extras=False)
+    assert cli("datasets", folder, "--image-size", "16", "--quiet").exit_code == 0
+    cleared = cli("datasets", folder, "--clear-cache", "--json")
+    assert cleared.exit_code == 0, cleared.stderr
+    found = json.loads(cleared.stdout)
+    assert found["folders"] == [str(folder.resolve())] and found["files"] == 2 and found["bytes"] > 12 * 3 * 16 * 16
+    assert f"Removed 2 cache file(s) of {folder}" in cleared.stderr
+    again = cli("datasets", folder, "--image-size", "16", "--json", "--quiet")
+    assert json.loads(again.stdout)["decoded"] == 12  # decoded anew
+    nothing = cli("datasets", tmp_path / "never-decoded", "--clear-cache")
+    assert nothing.exit_code == 0 and nothing.stdout.startswith("Nothing to remove: no cache files of")
+    every = cli("datasets", "--clear-cache", "--json")
+    assert json.loads(every.stdout)["files"] == 2 and not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert_clean_error(cli("datasets"), 2, "pass an image folder's path", "--clear-cache")
