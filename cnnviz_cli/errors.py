@@ -86,3 +86,14 @@ def damaged_safetensors(path, exc: Exception, hint: str = "It is corrupt or trun
     short = any(word in text for word in ("incomplete", "not fully covered", "too small", "unexpected end"))
     reason = "it is cut short" if short else "its header or tensor data cannot be read"
     return ArtifactError(f"{path} is not a valid safetensors file: {reason}.", hint)
+
+
+def reason_of(exc: BaseException | str, limit: int = 200) -> str:
+    """What an exception (or the text it carries) says, as one line of words for a message: its own first
+    line, never its class name (``KeyError``, ``UnidentifiedImageError`` mean nothing to a user); an error
+    without text is named in words."""
+    text = str(exc).strip()
+    if not text:
+        return "out of memory" if isinstance(exc, MemoryError) else "an error that gave no message"
+    line = text.splitlines()[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -36,3 +36,16 @@ def no_keywords(classes):
 
 def not_a_module(num_classes: int, in_channels: int):
     return "a string"
+
+
+class RefusesToTrain(TwoPath):
+    """Fine in eval mode (cnnviz's probe passes), fails on the first training batch: a bug in the user's code."""
+
+    def forward(self, x):
+        if self.training:
+            raise ValueError("this network refuses to train\nsecond line")
+        return super().forward(x)
+
+
+def refuses_to_train(num_classes: int, in_channels: int) -> nn.Module:
+    return RefusesToTrain(num_classes=num_classes, in_channels=in_channels)

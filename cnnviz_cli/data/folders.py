@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.errors import DataError, UsageError
+from cnnviz_cli.errors import DataError, UsageError, reason_of
 
 if TYPE_CHECKING:
     import numpy as np
@@ -184,7 +184,7 @@ def _walk_class(
             try:
                 stat = path.stat()
             except OSError as exc:
-                ignored.append((rel, f"cannot be read ({exc.strerror or type(exc).__name__})"))
+                ignored.append((rel, f"cannot be read ({(exc.strerror or reason_of(exc)).lower()})"))
                 continue
             files.append(PictureFile(rel, label, split, stat.st_size, stat.st_mtime_ns))
 
@@ -268,23 +268,34 @@ def _to_uint8(pixels, channels: int):
 
 
 def _probe_one(path: str) -> PictureInfo | str:
-    from PIL import Image
+    """The picture's size and colour from its header, or why it cannot be read (in words)."""
+    import warnings
 
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)
-            if orientation in (5, 6, 7, 8):
-                width, height = height, width
-            mode = image.mode
-            colour = mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-            if mode in ("P", "PA"):
-                palette = image.getpalette() or []
-                colour = any(palette[i] != palette[i + 1] or palette[i] != palette[i + 2]
-                             for i in range(0, len(palette) - 2, 3))
-            return PictureInfo(width, height, colour)
-    except Exception as exc:  # noqa: BLE001 - any failure to read a header makes the picture unreadable
-        return f"{type(exc).__name__}: {exc}"[:200]
+    from PIL import Image, UnidentifiedImageError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's notes on odd metadata ("Corrupt EXIF data"): the reader decides
+        try:
+            return _header(Image.open(path))
+        except UnidentifiedImageError:
+            return "not a picture in any format this program reads"
+        except Exception as exc:  # noqa: BLE001 - any failure to read a header makes the picture unreadable
+            return f"its header cannot be read ({reason_of(exc)})"
+
+
+def _header(image) -> PictureInfo:
+    with image:
+        width, height = image.size
+        orientation = image.getexif().get(0x0112, 1)
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        mode = image.mode
+        colour = mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+        if mode in ("P", "PA"):
+            palette = image.getpalette() or []
+            colour = any(palette[i] != palette[i + 1] or palette[i] != palette[i + 2]
+                         for i in range(0, len(palette) - 2, 3))
+        return PictureInfo(width, height, colour)
 
 
 def fit_picture(path: str, size: int, channels: int) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.errors import UsageError
+from cnnviz_cli.errors import UsageError, reason_of
 
 if TYPE_CHECKING:
     from torch import nn
@@ -312,7 +312,7 @@ def _forward_works(model: nn.Module, in_channels: int, size: int) -> str | None:
             return f"its output is {type(output).__name__} {getattr(output, 'shape', '')}, not class scores"
         return None
     except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return reason_of(exc)
     finally:
         model.train(was_training)
 

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.errors import ArtifactError, UsageError, damaged_safetensors
+from cnnviz_cli.errors import ArtifactError, UsageError, damaged_safetensors, reason_of
 from cnnviz_cli.models.spec import BuiltModel, ModelSpec, build_model, load_factory, parse_spec
 
 if TYPE_CHECKING:
@@ -156,9 +156,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle errors, refused globals, truncated zips
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ArtifactError(
-            f"{path} cannot be read as plain tensors ({first}).",
+            f"{path} cannot be read as plain tensors ({reason_of(exc)}).",
             "Save a state dict: torch.save(model.state_dict(), path).",
         ) from None
     if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):

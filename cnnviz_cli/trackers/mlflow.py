@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.errors import StoreWriteError, UsageError
+from cnnviz_cli.errors import StoreWriteError, UsageError, reason_of
 from cnnviz_cli.store.runs import unwritable_ancestor
 
 if TYPE_CHECKING:
@@ -64,8 +64,7 @@ def _reason(exc: BaseException) -> str:
     text = str(getattr(exc, "message", None) or exc).strip()
     if "Failed to establish a new connection" in text or "Max retries exceeded" in text:
         return "no server answers there"
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line if len(line) <= 200 else line[:200] + "..."
+    return reason_of(text)
 
 
 def _check_sqlite_file(uri: str) -> None:

@@ -27,7 +27,7 @@ from cnnviz_cli import __version__
 from cnnviz_cli.config import TrainConfig
 from cnnviz_cli.data.datasets import CLASS_NAMES, load_split, to_float
 from cnnviz_cli.data.recipes import recipe_for
-from cnnviz_cli.errors import ArtifactError, DataError, Interrupted, UsageError
+from cnnviz_cli.errors import ArtifactError, CnnvizError, DataError, Interrupted, UsageError, reason_of
 from cnnviz_cli.models.spec import build_from_config
 from cnnviz_cli.store.checkpoint import MODEL_FILE, load_checkpoint, read_tensors, save_checkpoint, save_tensors
 from cnnviz_cli.store.runs import Run, Store, atomic_write_bytes, effective_status, utc_now
@@ -201,6 +201,13 @@ def _finish(
         manifest["completed"] = utc_now()
 
     run.update_manifest(complete)
+
+
+def _failure(exc: BaseException) -> str:
+    """Why a run failed, for its manifest: the message a user saw, or for a bug what it said (in words)."""
+    if isinstance(exc, CnnvizError):
+        return reason_of(exc, 500)
+    return f"unexpected error (a bug; its traceback was shown): {reason_of(exc, 400)}"
 
 
 def _set_status(run: Run, status: str, **fields) -> None:
@@ -391,7 +398,7 @@ def _train_run(
     except BaseException as exc:
         if comm.is_main:
             with contextlib.suppress(Exception):
-                _set_status(run, "failed", error=f"{type(exc).__name__}: {exc}"[:500])
+                _set_status(run, "failed", error=_failure(exc))
         raise
 
     best = max(row["val_accuracy"] for row in history)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -99,6 +101,25 @@ def test_unreadable_pictures_are_skipped_counted_and_listed(shapes):
     assert data.images.shape == (39, 3, 32, 32) and data.images.dtype == torch.uint8
     row = [f.relpath for f in data.scan.files].index("blue_triangles/broken.png")
     assert int(data.labels[row]) == -1
+
+
+def test_why_a_file_is_left_out_is_said_in_words(tmp_path, recwarn):
+    root = write_picture_folder(tmp_path / "data", per_class=2, extras=False)
+    (root / "red_discs" / "text.png").write_text("hello\n")
+    (root / "red_discs" / "gone.png").symlink_to(root / "red_discs" / "missing.png")  # inside, but to nothing
+    jpeg, tiff = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (10, 10)).save(jpeg, "JPEG")
+    Image.new("RGB", (10, 10)).save(tiff, "TIFF")
+    (root / "red_discs" / "cut.jpg").write_bytes(jpeg.getvalue()[:25])
+    (root / "red_discs" / "cut.tif").write_bytes(tiff.getvalue()[:12])  # Pillow warns about its EXIF
+    scan = folders.scan_folder(root)
+    assert dict(scan.ignored)["red_discs/gone.png"] == "cannot be read (no such file or directory)"
+    info = folders.probe_folder(scan)
+    assert info["red_discs/text.png"] == "not a picture in any format this program reads"
+    assert info["red_discs/cut.jpg"] == "its header cannot be read (Truncated File Read)"
+    reasons = [*dict(scan.ignored).values(), *(v for v in info.values() if isinstance(v, str))]
+    assert not [r for r in reasons if re.search(r"\b[A-Z]\w*(Error|Exception|Warning)\b", r)], reasons
+    assert [str(w.message) for w in recwarn] == []
 
 
 def test_modes_are_read_alike(shapes):

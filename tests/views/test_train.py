@@ -219,3 +219,18 @@ def test_resume_reads_the_data_folder_the_run_was_trained_from(tiny_data, tmp_pa
     manifest = json.loads((store / run_id / "manifest.json").read_text())
     assert len(doc["history"]) == 3 and manifest["status"] == "complete"
     assert manifest["data_dir"] == str(moved) and manifest["resumed"][-1]["data_dir"] == str(moved)
+
+
+def test_a_failed_run_records_why_in_words(tiny_data, tmp_path):
+    from cnnviz_cli.errors import DataError
+    from cnnviz_cli.training.run import _failure
+
+    store = tmp_path / "artifacts"
+    result = cli("train", "--model", "python:factories:refuses_to_train", "--data-dir", tiny_data, "--epochs", "1",
+                 "--limit", "64", "--artifacts", store, "--quiet")
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError)  # a bug keeps its traceback
+    [manifest] = [json.loads(path.read_text()) for path in store.glob("*/manifest.json")]
+    assert manifest["status"] == "failed"
+    assert manifest["error"] == "unexpected error (a bug; its traceback was shown): this network refuses to train"
+    assert _failure(DataError("The data folder went away.", "Pass --data-dir.")) == (
+        "The data folder went away. Pass --data-dir.")
