@@ -25,7 +25,7 @@ from torch import nn
 
 from cnnviz_cli import __version__
 from cnnviz_cli.config import TrainConfig
-from cnnviz_cli.data.datasets import CLASS_NAMES, load_split, to_float
+from cnnviz_cli.data.datasets import CLASS_NAMES, Split, load_split, to_float
 from cnnviz_cli.data.recipes import recipe_for
 from cnnviz_cli.errors import ArtifactError, CnnvizError, DataError, Interrupted, UsageError, reason_of
 from cnnviz_cli.models.spec import build_from_config
@@ -265,6 +265,69 @@ def _train_run(
     final_files: FinalFiles,
 ) -> TrainResult:
     device = comm.device
+    run, config, history, data_dir = _claim_run(store, config, resume, epochs_given, data_dir, name, comm)
+    config, data = _load_data(config, data_dir, offline, progress, comm)
+    check_enough_images(len(data.train), comm.size, "training")
+    if comm.any(stop()):
+        raise Interrupted("Training was interrupted before it started; nothing was stored.")
+
+    torch.manual_seed(config.seed)
+    built = comm.agree(lambda: build_from_config(config.model))  # a python: factory may fail on one process
+    net = built.model.to(device)
+    optimizer = make_optimizer(net, config.lr, plain_cnn=config.model.spec is None)
+    saved = {"config": config.model, "source": built.source}
+
+    if run is None:
+        run = comm.by_main(lambda: store.create_run(_new_manifest(config, data, built, data_dir, command, comm), name=name))
+    else:
+        comm.by_main(lambda: _restart(run, config, len(history), comm.record(), data_dir))
+    if history:
+        weights, opt_tensors = comm.by_main(lambda: _resume_state(run, len(history)))
+        net.load_state_dict(weights)
+        _load_optimizer_tensors(optimizer, net, opt_tensors)
+
+    start_epoch = len(history) + 1
+    epochs = _Epochs(config, comm.wrap(net), net, optimizer, data, device, stop, comm)
+    progress.start(run.id, start_epoch, config.epochs, epochs.batches)
+    with _status_on_failure(run, comm):
+        for row in epochs.run(start_epoch, progress):
+            comm.by_main(lambda row=row: _store_epoch(run, config, net, optimizer, data.classes, row, saved))
+            history.append(row)
+            progress.epoch(row)
+            if comm.any(stop()):
+                break
+        if len(history) < config.epochs:
+            comm.by_main(lambda: _set_status(run, "interrupted", interrupted=utc_now()))
+            raise _interrupted(run.id, len(history), config.epochs)
+        comm.by_main(lambda: _finish(run, config, history, net, data.classes, final_files, saved))
+
+    return TrainResult(
+        run_id=run.id,
+        run_dir=run.dir,
+        checkpoint=run.dir / MODEL_FILE,
+        config=config,
+        history=history,
+        final=history[-1],
+        best_val_accuracy=max(row["val_accuracy"] for row in history),
+        train_size=len(data.train),
+        val_size=len(data.val),
+        device=str(device),
+        resumed_from_epoch=start_epoch - 1 if resume else 0,
+        folder=data.folder,
+    )
+
+
+def _claim_run(
+    store: Store,
+    config: TrainConfig,
+    resume: str | None,
+    epochs_given: bool,
+    data_dir: Path | None,
+    name: str | None,
+    comm: Comm,
+) -> tuple[Run | None, TrainConfig, list[dict], Path | None]:
+    """Checks made before any data is read: the name is free, the run to resume (its config, history
+    and data folder) or a writable store, and a batch that divides over the processes. Nothing is created."""
     if name is not None:
         if resume is not None:
             raise UsageError(
@@ -280,114 +343,121 @@ def _train_run(
         comm.by_main(store.check_writable)
         run, history = None, []
     check_batch_divides(config.batch_size, comm.size)
+    return run, config, history, data_dir
 
-    folder = None
+
+@dataclass(frozen=True)
+class _TrainData:
+    """The training and validation images of a run, its class names, and (image folders) what was found."""
+
+    train: Split | _FolderTrainSet
+    val: Split
+    classes: tuple[str, ...]
+    folder: dict | None = None
+
+
+def _load_data(
+    config: TrainConfig, data_dir: Path | None, offline: bool, progress: TrainProgress, comm: Comm
+) -> tuple[TrainConfig, _TrainData]:
+    """The run's training and validation splits, and its config with the model fitted to their images."""
     if config.is_folder:
         config, folder, train, val = _folder_splits(config, progress, comm)
-        classes = folder["classes"]
-    else:
-        train, val = comm.agree(lambda: tuple(  # each process reads the files: one may not find them
-            load_split(
-                config.dataset, split, data_dir, offline,
-                val_fraction=config.val_fraction, seed=config.seed, limit=config.limit,
-            )
-            for split in ("train", "val")
-        ))
-        classes = CLASS_NAMES[config.dataset]
-    check_enough_images(len(train), comm.size, "training")
-    if comm.any(stop()):
-        raise Interrupted("Training was interrupted before it started; nothing was stored.")
+        return config, _TrainData(train, val, folder["classes"], folder)
+    train, val = comm.agree(lambda: tuple(  # each process reads the files: one may not find them
+        load_split(
+            config.dataset, split, data_dir, offline,
+            val_fraction=config.val_fraction, seed=config.seed, limit=config.limit,
+        )
+        for split in ("train", "val")
+    ))
+    classes = CLASS_NAMES[config.dataset]
+    # a spec only names the architecture; the data gives the channels, size and classes
+    config = replace(config, model=replace(
+        config.model, in_channels=_channels(train.images), image_size=int(train.images.shape[-1]),
+        num_classes=len(classes),
+    ))
+    return config, _TrainData(train, val, classes)
 
-    if not config.is_folder:  # (an image folder's shape is set above) a spec only names the architecture
-        config = replace(config, model=replace(
-            config.model, in_channels=_channels(train.images), image_size=int(train.images.shape[-1]),
-            num_classes=len(classes),
-        ))
-    torch.manual_seed(config.seed)
-    built = comm.agree(lambda: build_from_config(config.model))  # a python: factory may fail on one process
-    net = built.model.to(device)
-    optimizer = make_optimizer(net, config.lr, plain_cnn=config.model.spec is None)
-    saved = {"config": config.model, "source": built.source}
 
-    if run is None:
-        run = comm.by_main(lambda: store.create_run(
-            {
-                "command": command or [],
-                "options": config.to_dict(),
-                "dataset": config.dataset,
-                "seed": config.seed,
-                "data_source": train.source,
-                "data_dir": str(data_dir.resolve()) if data_dir is not None else None,
-                "train_size": len(train),
-                "val_size": len(val),
-                "classes": list(classes),
-                "pictures": {"recipe": "folder" if folder is not None else recipe_for(config.dataset)},
-                **({"folder": folder} if folder is not None else {}),
-                "versions": _versions(),
-                **({"distributed": comm.record()} if comm.size > 1 else {}),
-                "history": [],
-                **({"model": built.describe()} if config.model.spec is not None else {}),
-            },
-            name=name,
-        ))
-    else:
-        comm.by_main(lambda: _restart(run, config, len(history), comm.record(), data_dir))
-    if history:
-        weights, opt_tensors = comm.by_main(lambda: _resume_state(run, len(history)))
-        net.load_state_dict(weights)
-        _load_optimizer_tensors(optimizer, net, opt_tensors)
-    model = comm.wrap(net)
+def _new_manifest(
+    config: TrainConfig, data: _TrainData, built, data_dir: Path | None, command: list[str] | None, comm: Comm
+) -> dict:
+    """The manifest a new run starts with (status and owner are the store's)."""
+    folder = data.folder
+    return {
+        "command": command or [],
+        "options": config.to_dict(),
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "data_source": data.train.source,
+        "data_dir": str(data_dir.resolve()) if data_dir is not None else None,
+        "train_size": len(data.train),
+        "val_size": len(data.val),
+        "classes": list(data.classes),
+        "pictures": {"recipe": "folder" if folder is not None else recipe_for(config.dataset)},
+        **({"folder": folder} if folder is not None else {}),
+        "versions": _versions(),
+        **({"distributed": comm.record()} if comm.size > 1 else {}),
+        "history": [],
+        **({"model": built.describe()} if config.model.spec is not None else {}),
+    }
 
-    start_epoch = len(history) + 1
-    if folder is not None:
-        # the memory-mapped pixels stay uint8; each batch is gathered from them and scaled on its own
-        train_x, train_y, train_rows = train.images, train.labels.to(device), train.rows
-        if device.type != "cpu":
-            train_x = train_x.to(device)
-    else:
-        train_x, train_y, train_rows = to_float(train.images).to(device), train.labels.to(device), None
-    val_x, val_y = to_float(val.images), val.labels
-    batches = (len(train) + config.batch_size - 1) // config.batch_size
-    progress.start(run.id, start_epoch, config.epochs, batches)
 
-    stopped = False
-    try:
+class _Epochs:
+    """The epoch loop over a run's data on its device: yields each finished epoch's history row."""
+
+    def __init__(self, config, model, net, optimizer, data: _TrainData, device, stop: _StopFlag, comm: Comm):
+        self.config, self.model, self.net, self.optimizer = config, model, net, optimizer
+        self.stop, self.comm = stop, comm if comm.size > 1 else None
+        train, val = data.train, data.val
+        if data.folder is not None:
+            # the memory-mapped pixels stay uint8; each batch is gathered from them and scaled on its own
+            self.train_x, self.train_y, self.train_rows = train.images, train.labels.to(device), train.rows
+            if device.type != "cpu":
+                self.train_x = self.train_x.to(device)
+        else:
+            self.train_x, self.train_y, self.train_rows = to_float(train.images).to(device), train.labels.to(device), None
+        self.val_x, self.val_y = to_float(val.images), val.labels
+        self.batches = (len(train) + config.batch_size - 1) // config.batch_size
+
+    def run(self, start_epoch: int, progress: TrainProgress) -> Iterator[dict]:
+        """Epochs ``start_epoch`` .. ``config.epochs``; ends early (after the last whole epoch) on a stop."""
+        config = self.config
         for epoch in range(start_epoch, config.epochs + 1):
             started = time.perf_counter()
             seed_random_layers(config.seed, epoch)
             stats = train_epoch(
-                model, optimizer, train_x, train_y,
+                self.model, self.optimizer, self.train_x, self.train_y,
                 batch_size=config.batch_size,
                 generator=epoch_generator(config.seed, epoch),
                 precision=config.precision,
                 on_batch=lambda done, total, e=epoch: progress.batch(e, done, total),
-                should_stop=stop,
-                comm=comm if comm.size > 1 else None,
-                rows=train_rows,
+                should_stop=self.stop,
+                comm=self.comm,
+                rows=self.train_rows,
                 augment=config.augment,
             )
             if stats is None:
-                stopped = True
-                break
+                return
             val_stats = evaluate(
-                net, val_x, val_y, batch_size=max(1024, config.batch_size), comm=comm if comm.size > 1 else None
+                self.net, self.val_x, self.val_y, batch_size=max(1024, config.batch_size), comm=self.comm
             )
-            row = _epoch_row(epoch, stats, val_stats, time.perf_counter() - started)
-            comm.by_main(lambda row=row: _store_epoch(run, config, net, optimizer, classes, row, saved))
-            history.append(row)
-            progress.epoch(row)
-            if comm.any(stop()):
-                stopped = True
-                break
-        if stopped and len(history) < config.epochs:
-            comm.by_main(lambda: _set_status(run, "interrupted", interrupted=utc_now()))
-            done = len(history)
-            raise Interrupted(
-                f"Training of run '{run.id}' was interrupted after {done} of {config.epochs} epochs; "
-                f"{'the checkpoint of epoch ' + str(done) + ' is kept' if done else 'no epoch had finished'}.",
-                f"Continue it with `cnnviz train --resume {run.id}`.",
-            )
-        comm.by_main(lambda: _finish(run, config, history, net, classes, final_files, saved))
+            yield _epoch_row(epoch, stats, val_stats, time.perf_counter() - started)
+
+
+def _interrupted(run_id: str, done: int, epochs: int) -> Interrupted:
+    kept = f"the checkpoint of epoch {done} is kept" if done else "no epoch had finished"
+    return Interrupted(
+        f"Training of run '{run_id}' was interrupted after {done} of {epochs} epochs; {kept}.",
+        f"Continue it with `cnnviz train --resume {run_id}`.",
+    )
+
+
+@contextlib.contextmanager
+def _status_on_failure(run: Run, comm: Comm) -> Iterator[None]:
+    """A run whose training ends by Ctrl-C is marked interrupted, by any other error failed (rank 0 only)."""
+    try:
+        yield
     except Interrupted:
         raise
     except KeyboardInterrupt:
@@ -400,22 +470,6 @@ def _train_run(
             with contextlib.suppress(Exception):
                 _set_status(run, "failed", error=_failure(exc))
         raise
-
-    best = max(row["val_accuracy"] for row in history)
-    return TrainResult(
-        run_id=run.id,
-        run_dir=run.dir,
-        checkpoint=run.dir / MODEL_FILE,
-        config=config,
-        history=history,
-        final=history[-1],
-        best_val_accuracy=best,
-        train_size=len(train),
-        val_size=len(val),
-        device=str(device),
-        resumed_from_epoch=start_epoch - 1 if resume else 0,
-        folder=folder,
-    )
 
 
 def _channels(images: torch.Tensor) -> int:
@@ -573,7 +627,7 @@ def _folder_splits(config: TrainConfig, progress: TrainProgress, comm: Comm):
     With several processes each machine's first process decodes the folder into the cache while the
     others wait; they then map the file it wrote."""
     from cnnviz_cli.data import folders
-    from cnnviz_cli.data.datasets import Split, load_folder_data
+    from cnnviz_cli.data.datasets import load_folder_data
 
     data = comm.local_first(lambda: load_folder_data(config.dataset, config.image_size, config.channels, progress.data))
     splits = folders.split_folder(data, config.val_fraction, config.test_fraction, config.seed)
