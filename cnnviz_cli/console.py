@@ -128,7 +128,12 @@ def _print_table(target: Console, table: Table) -> None:
         else:
             sized = Console(file=target.file, width=width, color_system=target.color_system,
                             force_terminal=target.is_terminal, no_color=target.no_color, highlight=False)
-            sized.print(table, crop=False)
+            if target.is_terminal:
+                sized.print(table, crop=False)
+            else:  # a file or a pipe: Rich pads every cell to its column, which leaves spaces at the line ends
+                with sized.capture() as captured:
+                    sized.print(table, crop=False)
+                target.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
         if caption:
             target.print(Text.from_markup(caption, style="table.caption") if isinstance(caption, str) else caption,
                          soft_wrap=True)
@@ -166,8 +171,9 @@ def _print_stacked(target: Console, table: Table) -> None:
         if row:
             target.print()
         for header, cells in zip(headers, columns, strict=True):
-            target.print(Text(header.ljust(label_width) + "  ", style="bold") + _as_text(cells[row]),
-                         soft_wrap=True)
+            line = Text(header.ljust(label_width) + "  ", style="bold") + _as_text(cells[row])
+            line.rstrip()  # an empty cell leaves no spaces at the end of the line
+            target.print(line, soft_wrap=True)
 
 
 def debug_enabled() -> bool:

@@ -63,12 +63,14 @@ def cli(*args: str, **env: str):
 
 
 def cnnviz_subprocess(*args: str, env: dict | None = None, **kwargs):
-    """Run `python -m cnnviz_cli` as a separate process (for signals, concurrency, exit codes)."""
+    """Run `python -m cnnviz_cli` as a separate process (for signals, concurrency, exit codes); its output is
+    captured, or with ``stdout=FILE`` written into that file (as `cnnviz ... > file`) and stderr captured."""
     import subprocess
 
     full_env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1", **(env or {})}
+    streams = {"stderr": subprocess.PIPE} if "stdout" in kwargs else {"capture_output": True}
     return subprocess.run(
-        [sys.executable, "-m", "cnnviz_cli", *map(str, args)], capture_output=True, text=True, env=full_env, **kwargs
+        [sys.executable, "-m", "cnnviz_cli", *map(str, args)], text=True, env=full_env, **streams, **kwargs
     )
 
 

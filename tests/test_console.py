@@ -99,6 +99,30 @@ def test_runs_writes_its_table_to_stdout_when_redirected(store_copy):
     assert f"Runs in {store} (times in UTC)" in text.splitlines()
 
 
+def test_results_written_to_a_file_have_no_trailing_spaces(store_copy, tmp_path):
+    store, run_id = store_copy
+    assert cli("runs", "--artifacts", store, "--rename", run_id, "baseline").exit_code == 0
+    target = tmp_path / "runs.txt"
+    with target.open("w") as file:  # `cnnviz runs > runs.txt`
+        done = cnnviz_subprocess("runs", "--artifacts", store, stdout=file, env={"COLUMNS": "60"})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    lines = target.read_text().splitlines()
+    assert [line for line in lines if line != line.rstrip()] == []
+    row = next(line for line in lines if run_id in line)
+    assert row.split()[-1] == "complete" and "baseline" in row.split()
+    header = next(line for line in lines if line.split()[:1] == ["run"])
+    assert header.index("status") == row.index("complete")  # still a table: the columns line up
+
+
+def test_a_row_by_row_table_leaves_no_spaces_after_an_empty_cell(capsys, fresh_console, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "30")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.delenv("NO_COLOR")
+    console.result(console.table(None, ["run", "name", "status"], [("20261125-170746-with-a-long-tail", "", "complete")]))
+    lines = ANSI.sub("", capsys.readouterr().out).splitlines()
+    assert lines == ["run     20261125-170746-with-a-long-tail", "name", "status  complete"]
+
+
 def test_runs_json_is_one_document_and_nothing_else(store_copy):
     store, run_id = store_copy
     result = cli("runs", "--artifacts", store, "--json")
