@@ -186,8 +186,8 @@ def main(
         return
     name = store.get(result.run_id).name  # a resumed run keeps the name it has
 
-    if not quiet:
-        console.result(_summary(result, elapsed, name))
+    if not quiet:  # the live epoch lines were progress (stderr); the history is part of the result
+        console.result(_history(result), _summary(result, elapsed, name))
     if json_out:
         console.emit_json(result.to_json(name, elapsed))
 
@@ -206,6 +206,15 @@ def _dry_run(dataset, image_size, channels, val_fraction, test_fraction, seed, j
         console.info("Dry run: nothing was trained or stored.")
     if json_out:
         console.emit_json({"dry_run": True, "folder": found})
+
+
+def _history(result):
+    from cnnviz_cli.console import fmt_pct, table
+
+    columns = [(name, "right") for name in ("epoch", "train loss", "train acc", "val loss", "val acc", "seconds")]
+    rows = [(row["epoch"], f"{row['train_loss']:.4f}", fmt_pct(row["train_accuracy"]), f"{row['val_loss']:.4f}",
+             fmt_pct(row["val_accuracy"]), f"{row.get('seconds', 0):.1f}") for row in result.history]
+    return table(f"History of run {result.run_id}", columns, rows)
 
 
 def _summary(result, elapsed: float, name: str | None):

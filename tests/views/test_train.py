@@ -67,7 +67,7 @@ def test_json_output_is_one_document(tiny_data, tmp_path):
     doc = json.loads(result.stdout)
     assert {"run_id", "run_dir", "checkpoint", "final", "history", "best_val_accuracy"} <= set(doc)
     assert Path(doc["checkpoint"]).exists()
-    assert "Training summary" in result.stderr  # the human summary went to stderr
+    assert "Training summary" in result.stderr and "History of run" in result.stderr  # the human result: stderr
 
 
 def test_human_output_shows_epoch_rows_and_summary(tiny_data, tmp_path):
@@ -76,6 +76,21 @@ def test_human_output_shows_epoch_rows_and_summary(tiny_data, tmp_path):
     assert "1/2" in result.stderr and "2/2" in result.stderr  # progress on stderr
     assert "Training summary" in result.stdout and "Training summary" not in result.stderr  # the result on stdout
     assert "\x1b[" not in result.stderr + result.stdout  # no colour codes or live bars when not a terminal
+    # The result holds the whole history as a table, the numbers the manifest records.
+    [manifest] = [json.loads(p.read_text()) for p in (tmp_path / "a").glob("*/manifest.json")]
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"History of run {manifest['run_id']}"
+    assert lines[2].split() == ["epoch", "train", "loss", "train", "acc", "val", "loss", "val", "acc", "seconds"]
+    for row, line in zip(manifest["history"], lines[4:6], strict=True):
+        assert line.split()[:5] == [str(row["epoch"]), f"{row['train_loss']:.4f}", f"{row['train_accuracy']:.2%}",
+                                    f"{row['val_loss']:.4f}", f"{row['val_accuracy']:.2%}"]
+    assert "History of run" not in result.stderr
+
+
+def test_quiet_training_prints_nothing(tiny_data, tmp_path):
+    result = cli("train", "--data-dir", tiny_data, "--artifacts", tmp_path / "a", "--epochs", "1", "--limit", "64",
+                 "--quiet")
+    assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
 
 
 def test_same_seed_gives_bit_identical_weights(tiny_data, tmp_path):
