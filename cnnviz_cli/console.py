@@ -36,6 +36,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnviz_cli.formats import fmt_pct  # noqa: F401 (re-exported: the commands write shares as console.fmt_pct)
+from cnnviz_cli.progress import TrainProgress
 
 # Width used for output that is not a terminal: wide enough that nothing is ever wrapped.
 UNWRAPPED = 100_000
@@ -285,6 +286,81 @@ def make_progress() -> Progress:
         console=console(),
         transient=True,
     )
+
+
+TRAIN_ROW = "{:>9}  {:>10}  {:>9}  {:>9}  {:>8}  {:>7}"  # one line per epoch of `cnnviz train`
+
+
+class TrainDisplay(TrainProgress):
+    """Training progress on stderr: the per-epoch lines, with a live bar on a terminal and a line per
+    quarter epoch otherwise; image-folder decoding as step bars. Use as a context manager."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.console = console()
+        self.live = self.console.is_terminal and not quiet
+        self.bar: Progress | None = None
+        self.epochs = 0
+        self._last_quarter = -1
+        self.phases = StepPhases(quiet)
+
+    def __enter__(self) -> TrainDisplay:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self, run_id: str, first_epoch: int, epochs: int, batches_per_epoch: int) -> None:
+        self.epochs = epochs
+        self.phases.__exit__(None, None, None)
+        if self.quiet:
+            return
+        resumed = f", resuming at epoch {first_epoch}" if first_epoch > 1 else ""
+        self.console.print(f"Training run [bold]{run_id}[/] for {epochs} epochs{resumed}")
+        self.console.print(TRAIN_ROW.format("epoch", "train loss", "train acc", "val loss", "val acc", "time"))
+        if self.live:
+            self.bar = make_progress()
+            self.bar.__enter__()
+            self.epoch_task = self.bar.add_task("epochs", total=epochs, completed=first_epoch - 1)
+            self.batch_task = self.bar.add_task(f"epoch {first_epoch}", total=batches_per_epoch)
+
+    def batch(self, epoch: int, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.update(self.batch_task, completed=done, total=total, description=f"epoch {epoch}")
+            return
+        quarter = (4 * done) // total
+        if total >= 40 and quarter != self._last_quarter and 0 < quarter < 4:
+            self.console.print(f"  epoch {epoch}: {done}/{total} batches")
+        self._last_quarter = quarter
+
+    def epoch(self, row: dict) -> None:
+        self._last_quarter = -1
+        if self.quiet:
+            return
+        line = TRAIN_ROW.format(
+            f"{row['epoch']}/{self.epochs}",
+            f"{row['train_loss']:.4f}",
+            f"{row['train_accuracy']:.2%}",
+            f"{row['val_loss']:.4f}",
+            f"{row['val_accuracy']:.2%}",
+            f"{row['seconds']:.1f}s",
+        )
+        self.console.print(line)
+        if self.bar is not None:
+            self.bar.update(self.epoch_task, advance=1)
+            if row["epoch"] < self.epochs:
+                self.bar.reset(self.batch_task, description=f"epoch {row['epoch'] + 1}")
+
+    def data(self, stage: str, done: int, total: int) -> None:
+        self.phases.phase(f"{stage} pictures")(done, total)
+
+    def close(self) -> None:
+        self.phases.__exit__(None, None, None)
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 def picture_notes(notes: Sequence[str], quiet: bool = False) -> None:

@@ -233,3 +233,32 @@ def test_phases_report_one_loop_after_another(capsys, fresh_console):
         for done in (1, 2, 3, 4):
             second(done, 4)
     assert capsys.readouterr() == ("", "reading: 1/2\nreading: 2/2\ndrawing: 1/4\ndrawing: 2/4\ndrawing: 3/4\ndrawing: 4/4\n")
+
+
+def test_train_display_prints_plain_lines_when_not_a_terminal(capsys, fresh_console):
+    with console.TrainDisplay() as display:
+        display.start("20261126-010000", 2, 3, 40)
+        for done in range(1, 41):
+            display.batch(2, done, 40)
+        display.epoch({"epoch": 2, "train_loss": 0.5, "train_accuracy": 0.8, "val_loss": 0.25,
+                       "val_accuracy": 0.875, "seconds": 1.25})
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "Training run 20261126-010000 for 3 epochs, resuming at epoch 2",
+        "    epoch  train loss  train acc   val loss   val acc     time",
+        "  epoch 2: 10/40 batches",
+        "  epoch 2: 20/40 batches",
+        "  epoch 2: 30/40 batches",
+        "      2/3      0.5000     80.00%     0.2500    87.50%     1.2s",
+    ]
+
+
+def test_quiet_train_display_prints_nothing(capsys, fresh_console):
+    with console.TrainDisplay(quiet=True) as display:
+        display.start("run", 1, 1, 40)
+        display.batch(1, 20, 40)
+        display.epoch({"epoch": 1, "train_loss": 0, "train_accuracy": 0, "val_loss": 0, "val_accuracy": 0,
+                       "seconds": 0})
+    assert capsys.readouterr() == ("", "")
+

@@ -23,8 +23,6 @@ from cnnviz_cli.commands.options import (
 
 COMMAND = "train"
 
-ROW_FORMAT = "{:>9}  {:>10}  {:>9}  {:>9}  {:>8}  {:>7}"
-
 
 def main(
     ctx: typer.Context,
@@ -119,48 +117,29 @@ def main(
 
     Example: cnnviz train --nproc 2 (several processes; see the README for torchrun on several machines)
     """
+    from cnnviz_cli import console
     from cnnviz_cli.config import TrainConfig
-    from cnnviz_cli.data.datasets import check_dataset, is_folder
-    from cnnviz_cli.errors import UsageError
-    from cnnviz_cli.models.spec import model_config, parse_spec
     from cnnviz_cli.store.runs import Store
+    from cnnviz_cli.training import distributed
+    from cnnviz_cli.views import train
 
-    given = {name for name in ("data_dir", "test_fraction", "image_size", "channels", "augment", "dry_run")
-             if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
-    checked = check_dataset(dataset)
-    folder_only = sorted(given - {"data_dir"})
-    if not is_folder(checked) and folder_only and resume is None:
-        flag = "--" + folder_only[0].replace("_", "-")
-        raise UsageError(f"{flag} applies to image folders (--dataset PATH), not to {checked}.")
-    if is_folder(checked) and "data_dir" in given and ctx.get_parameter_source("data_dir").name == "COMMANDLINE":
-        raise UsageError("--data-dir is for mnist and fashion-mnist; an image folder is given by --dataset PATH.")
-    spec = parse_spec(model, kernel_size)
-    # The channel and class counts and the image size are taken from the data when it is loaded.
-    network = model_config(spec, in_channels=1, num_classes=10, image_size=28)
+    def given(option: str) -> bool:
+        return ctx.get_parameter_source(option).name not in ("DEFAULT", "DEFAULT_MAP")
+
+    checked = train.check_dataset_options(
+        dataset, {option for option in ctx.params if given(option)}, resuming=resume is not None,
+        data_dir_typed=ctx.get_parameter_source("data_dir").name == "COMMANDLINE",
+    )
+    network = train.network_config(model, kernel_size)
     if dry_run:
         _dry_run(checked, image_size, channels, val_fraction, test_fraction, seed, json_out, quiet)
         return
     config = TrainConfig(
-        dataset=checked,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        augment=tuple(a.strip() for a in augment.split(",") if a.strip()) if augment else (),
-        image_size=image_size,
-        channels=channels,
-        limit=limit,
-        device=device,
-        precision=precision,
-        keep_checkpoints=keep_checkpoints,
-        model=network,
+        dataset=checked, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
+        test_fraction=test_fraction, augment=train.augmentations(augment), image_size=image_size, channels=channels,
+        limit=limit, device=device, precision=precision, keep_checkpoints=keep_checkpoints, model=network,
     )
     store = Store.from_option(artifacts)
-
-    from cnnviz_cli.training import distributed
-
     if distributed.launch_needed(nproc):
         if resume is None:
             distributed.check_batch_divides(batch_size, nproc)
@@ -168,24 +147,16 @@ def main(
         distributed.launch(nproc, command_line(ctx)[1:])
         return
 
-    from cnnviz_cli import console
-    from cnnviz_cli.views import train
-
     options = train.TrainOptions(
-        config, None if is_folder(checked) else data_dir, offline, resume, ctx.get_parameter_source("epochs").name != "DEFAULT",
-        tuple(command_line(ctx)), name,
+        config, None if config.is_folder else data_dir, offline, resume, given("epochs"), tuple(command_line(ctx)), name
     )
     started = time.perf_counter()
-    progress = _make_progress(quiet)
-    try:
+    with console.TrainDisplay(quiet) as progress:
         result = train.compute(store, options, progress)
-    finally:
-        progress.close()
     elapsed = time.perf_counter() - started
     if not distributed.world().is_main:
         return
     name = store.get(result.run_id).name  # a resumed run keeps the name it has
-
     if not quiet:  # the live epoch lines were progress (stderr); the history is part of the result
         console.result(_history(result), _summary(result, elapsed, name))
     if json_out:
@@ -248,72 +219,3 @@ def _summary(result, elapsed: float, name: str | None):
     summary.show_header = False
     summary.columns[1].overflow = "fold"
     return summary
-
-
-def _make_progress(quiet: bool):
-    """A TrainProgress that draws a live bar on a terminal and plain lines otherwise."""
-    from cnnviz_cli import console
-    from cnnviz_cli.training.run import TrainProgress
-
-    class RichTrainProgress(TrainProgress):
-        def __init__(self) -> None:
-            self.console = console.console()
-            self.live = self.console.is_terminal and not quiet
-            self.bar = None
-            self.epochs = 0
-            self._last_quarter = -1
-            self.phases = console.StepPhases(quiet)
-
-        def start(self, run_id: str, first_epoch: int, epochs: int, batches_per_epoch: int) -> None:
-            self.epochs = epochs
-            self.phases.__exit__(None, None, None)
-            if quiet:
-                return
-            resumed = f", resuming at epoch {first_epoch}" if first_epoch > 1 else ""
-            self.console.print(f"Training run [bold]{run_id}[/] for {epochs} epochs{resumed}")
-            self.console.print(ROW_FORMAT.format("epoch", "train loss", "train acc", "val loss", "val acc", "time"))
-            if self.live:
-                self.bar = console.make_progress()
-                self.bar.__enter__()
-                self.epoch_task = self.bar.add_task("epochs", total=epochs, completed=first_epoch - 1)
-                self.batch_task = self.bar.add_task(f"epoch {first_epoch}", total=batches_per_epoch)
-
-        def batch(self, epoch: int, done: int, total: int) -> None:
-            if quiet:
-                return
-            if self.bar is not None:
-                self.bar.update(self.batch_task, completed=done, total=total, description=f"epoch {epoch}")
-                return
-            quarter = (4 * done) // total
-            if total >= 40 and quarter != self._last_quarter and 0 < quarter < 4:
-                self.console.print(f"  epoch {epoch}: {done}/{total} batches")
-            self._last_quarter = quarter
-
-        def epoch(self, row: dict) -> None:
-            self._last_quarter = -1
-            if quiet:
-                return
-            line = ROW_FORMAT.format(
-                f"{row['epoch']}/{self.epochs}",
-                f"{row['train_loss']:.4f}",
-                f"{row['train_accuracy']:.2%}",
-                f"{row['val_loss']:.4f}",
-                f"{row['val_accuracy']:.2%}",
-                f"{row['seconds']:.1f}s",
-            )
-            self.console.print(line)
-            if self.bar is not None:
-                self.bar.update(self.epoch_task, advance=1)
-                if row["epoch"] < self.epochs:
-                    self.bar.reset(self.batch_task, description=f"epoch {row['epoch'] + 1}")
-
-        def data(self, stage: str, done: int, total: int) -> None:
-            self.phases.phase(f"{stage} pictures")(done, total)
-
-        def close(self) -> None:
-            self.phases.__exit__(None, None, None)
-            if self.bar is not None:
-                self.bar.__exit__(None, None, None)
-                self.bar = None
-
-    return RichTrainProgress()

@@ -29,6 +29,7 @@ from cnnviz_cli.data.datasets import CLASS_NAMES, Split, load_split, to_float
 from cnnviz_cli.data.recipes import recipe_for
 from cnnviz_cli.errors import ArtifactError, CnnvizError, DataError, Interrupted, UsageError, reason_of
 from cnnviz_cli.models.spec import build_from_config
+from cnnviz_cli.progress import TrainProgress
 from cnnviz_cli.store.checkpoint import MODEL_FILE, load_checkpoint, read_tensors, save_checkpoint, save_tensors
 from cnnviz_cli.store.runs import Run, Store, atomic_write_bytes, effective_status, utc_now
 from cnnviz_cli.training.device import pick_device
@@ -52,22 +53,6 @@ def epoch_checkpoint(epoch: int) -> str:
 
 def optimizer_checkpoint(epoch: int) -> str:
     return f"checkpoints/optimizer-epoch-{epoch:03d}.safetensors"
-
-
-class TrainProgress:
-    """Callbacks a caller can override to show progress; the defaults do nothing."""
-
-    def start(self, run_id: str, first_epoch: int, epochs: int, batches_per_epoch: int) -> None:
-        """Training of ``run_id`` begins at ``first_epoch`` (1-based)."""
-
-    def batch(self, epoch: int, done: int, total: int) -> None:
-        """``done`` of ``total`` batches of ``epoch`` are finished."""
-
-    def epoch(self, row: dict) -> None:
-        """An epoch has finished and its checkpoint is stored; ``row`` is its history entry."""
-
-    def data(self, stage: str, done: int, total: int) -> None:
-        """An image folder is being read ('reading' headers) or decoded ('decoding'): ``done`` of ``total``."""
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cnnviz_cli.config import TrainConfig
+    from cnnviz_cli.config import ModelConfig, TrainConfig
+    from cnnviz_cli.progress import TrainProgress
     from cnnviz_cli.store.runs import Store
-    from cnnviz_cli.training.run import TrainProgress, TrainResult
+    from cnnviz_cli.training.run import TrainResult
 
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
@@ -33,6 +35,39 @@ class TrainOptions:
     epochs_given: bool = True  # when resuming: config.epochs is the new target (else the run's own)
     command: tuple[str, ...] = ()  # the command line, recorded in the manifest
     name: str | None = None
+
+
+def check_dataset_options(dataset: str, given: Collection[str], *, resuming: bool, data_dir_typed: bool) -> str:
+    """``--dataset`` checked (a folder becomes its absolute path), refusing options of the other kind of data.
+
+    ``given`` names the options the user set (not left at their defaults); folder options are allowed
+    on a resume, which takes the run's own. ``data_dir_typed``: --data-dir is on the command line
+    (CNNVIZ_DATA_DIR in the environment is fine beside a folder)."""
+    from cnnviz_cli.config import FOLDER_ONLY
+    from cnnviz_cli.data.datasets import check_dataset, is_folder
+    from cnnviz_cli.errors import UsageError
+
+    checked = check_dataset(dataset)
+    folder_only = sorted(set(given) & {*FOLDER_ONLY, "dry_run"})
+    if not is_folder(checked) and folder_only and not resuming:
+        flag = "--" + folder_only[0].replace("_", "-")
+        raise UsageError(f"{flag} applies to image folders (--dataset PATH), not to {checked}.")
+    if is_folder(checked) and data_dir_typed:
+        raise UsageError("--data-dir is for mnist and fashion-mnist; an image folder is given by --dataset PATH.")
+    return checked
+
+
+def network_config(model: str, kernel_size: int | None) -> ModelConfig:
+    """The network ``--model`` (and ``--kernel-size``) name, checked; its channel and class counts and
+    image size are placeholders until training loads the data."""
+    from cnnviz_cli.models.spec import model_config, parse_spec
+
+    return model_config(parse_spec(model, kernel_size), in_channels=1, num_classes=10, image_size=28)
+
+
+def augmentations(text: str | None) -> tuple[str, ...]:
+    """``--augment flip,crop`` -> ('flip', 'crop'); TrainConfig checks the names."""
+    return tuple(name.strip() for name in text.split(",") if name.strip()) if text else ()
 
 
 def history_csv(history: list[dict]) -> bytes:

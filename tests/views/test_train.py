@@ -150,12 +150,28 @@ def test_keep_only_the_last_checkpoint(tiny_data, tmp_path):
         (["--device", "tpu"], "unknown device"),
         (["--precision", "fp8"], "unknown precision"),
         (["--limit", "1"], "--limit must be at least 2"),
+        (["--augment", "flip"], "--augment applies to image folders (--dataset PATH), not to mnist"),
+        (["--dry-run"], "--dry-run applies to image folders"),
+        (["--model", "resnet"], "unknown model spec 'resnet'"),
+        (["--kernel-size", "3"], "--kernel-size applies to cnn:... specs only"),
     ],
 )
 def test_bad_option_values_are_refused_before_any_work(args, needle, tmp_path):
     store = tmp_path / "artifacts"
     result = cli("train", "--artifacts", store, *args)
     assert_clean_error(result, 2, needle)
+    assert tree_digest(store) == "absent"
+
+
+def test_data_dir_is_refused_beside_an_image_folder_only_when_typed(tmp_path):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    store = tmp_path / "artifacts"
+    typed = cli("train", "--dataset", folder, "--data-dir", tmp_path, "--artifacts", store)
+    assert_clean_error(typed, 2, "--data-dir is for mnist and fashion-mnist")
+    # CNNVIZ_DATA_DIR set for other commands passes the check; the empty folder is the next complaint
+    from_env = cli("train", "--dataset", folder, "--dry-run", "--artifacts", store, CNNVIZ_DATA_DIR=str(tmp_path))
+    assert_clean_error(from_env, 3, "holds nothing")
     assert tree_digest(store) == "absent"
 
 
