@@ -105,6 +105,10 @@ class ModelConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     spec: str | None = None
+    # Whether the network applies ``mean``/``std`` itself. The plain CNN always has; a torchvision or python
+    # model does since it was recorded (older image-folder runs of those models recorded the folder's
+    # statistics but were fed [0, 1] pixels: ``from_record`` reads them that way).
+    normalise: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -136,9 +140,14 @@ class ModelConfig:
     def conv_names(self) -> tuple[str, ...]:
         return tuple(f"conv{i + 1}" for i in range(len(self.channels)))
 
+    @property
+    def normalised(self) -> bool:
+        """The network normalises its [0, 1] input by ``mean``/``std`` itself."""
+        return self.mean is not None and (self.normalise or self.spec is None)
+
     def preprocessing(self) -> dict:
         """How pixels become the network's input (recorded in checkpoints)."""
-        if self.mean is None:
+        if not self.normalised:
             return dict(PREPROCESSING)
         return {
             **PREPROCESSING, "mean": list(self.mean), "std": list(self.std),
@@ -170,6 +179,8 @@ class ModelConfig:
             del data["spec"]
         else:
             del data["channels"], data["kernel_size"]
+        if self.spec is None or self.mean is None:  # recorded where it tells old runs from new ones only
+            del data["normalise"]
         return data
 
     def to_json(self) -> str:
@@ -179,16 +190,25 @@ class ModelConfig:
         return json.dumps(data, sort_keys=True)
 
     @classmethod
+    def from_record(cls, record: dict) -> ModelConfig:
+        """A recorded description (manifest options, checkpoint metadata) as the network was trained: a
+        torchvision or python model recorded with a mean/std but no ``normalise`` was fed [0, 1] pixels."""
+        values = dict(record)
+        if values.get("spec") is not None and values.get("mean") is not None:
+            values.setdefault("normalise", False)
+        return cls(**values)
+
+    @classmethod
     def from_manifest(cls, manifest: dict) -> ModelConfig:
         """The architecture a run was trained with (the one way to rebuild a model from a run)."""
-        return cls(**(manifest.get("options") or {}).get("model", {}))
+        return cls.from_record((manifest.get("options") or {}).get("model", {}))
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         try:
             raw = json.loads(text)
             known = {f.name for f in fields(cls)}
-            return cls(**{k: v for k, v in raw.items() if k in known})
+            return cls.from_record({k: v for k, v in raw.items() if k in known})
         except (ValueError, TypeError) as exc:
             raise ArtifactError(f"The checkpoint's model description is not valid: {exc}.") from None
 
@@ -267,5 +287,5 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        values["model"] = ModelConfig(**data.get("model", {}))
+        values["model"] = ModelConfig.from_record(data.get("model", {}))
         return cls(**values)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
-from helpers import cli, write_dataset
+from helpers import cli, shared_cache, write_dataset
 
 
 @pytest.fixture(scope="session")
@@ -36,15 +35,8 @@ def tiny_data(tmp_path_factory) -> Path:
 def trained_store(tmp_path_factory, tiny_data, session_cache) -> tuple[Path, str]:
     """A store with one complete 2-epoch run on the tiny data. Read-only: copy it before changing it."""
     store = tmp_path_factory.mktemp("store") / "artifacts"
-    old = os.environ.get("CNNVIZ_CACHE_DIR")
-    os.environ["CNNVIZ_CACHE_DIR"] = str(session_cache)
-    try:
+    with shared_cache(session_cache):
         result = cli("train", "--data-dir", tiny_data, "--epochs", "2", "--artifacts", store, "--json", "--quiet")
-    finally:
-        if old is None:
-            os.environ.pop("CNNVIZ_CACHE_DIR", None)
-        else:
-            os.environ["CNNVIZ_CACHE_DIR"] = old
     assert result.exit_code == 0, result.stderr
     import json
 
@@ -73,16 +65,9 @@ def shapes_folder(tmp_path_factory) -> Path:
 def folder_store(tmp_path_factory, shapes_folder, session_cache) -> tuple[Path, str]:
     """A store with one complete 2-epoch run on ``shapes_folder`` at 24×24 RGB. Read-only."""
     store = tmp_path_factory.mktemp("folder-store") / "artifacts"
-    old = os.environ.get("CNNVIZ_CACHE_DIR")
-    os.environ["CNNVIZ_CACHE_DIR"] = str(session_cache)
-    try:
+    with shared_cache(session_cache):
         result = cli("train", "--dataset", shapes_folder, "--epochs", "2", "--image-size", "24",
                      "--artifacts", store, "--json", "--quiet")
-    finally:
-        if old is None:
-            os.environ.pop("CNNVIZ_CACHE_DIR", None)
-        else:
-            os.environ["CNNVIZ_CACHE_DIR"] = old
     assert result.exit_code == 0, result.stderr
     import json
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -193,3 +194,38 @@ def report_section(run_dir: Path, section_id: str) -> str:
 def inodes(folder: Path) -> dict[str, int]:
     """File name -> inode of every file in ``folder``: a file written again (atomically) gets a new inode."""
     return {path.name: path.stat().st_ino for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def rewrite_checkpoint(run_dir: Path, model_config: dict) -> None:
+    """Give a run's checkpoint other metadata (same tensors) and record its new digest, as an attacker (or an
+    older cnnviz) could."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = run_dir / "model.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    metadata["model_config"] = json.dumps(model_config)
+    save_file(tensors, str(path), metadata=metadata)
+    manifest_path = run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["model.safetensors"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest["files"]["model.safetensors"]["bytes"] = path.stat().st_size
+    manifest_path.write_text(json.dumps(manifest))
+
+
+@contextlib.contextmanager
+def shared_cache(session_cache: Path):
+    """The session's decoded-data cache for work done outside a test (shared fixtures), then as before."""
+    old = os.environ.get("CNNVIZ_CACHE_DIR")
+    os.environ["CNNVIZ_CACHE_DIR"] = str(session_cache)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CNNVIZ_CACHE_DIR", None)
+        else:
+            os.environ["CNNVIZ_CACHE_DIR"] = old

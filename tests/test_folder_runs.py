@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
-from helpers import SHAPE_CLASSES, assert_clean_error, cli, tree_digest, write_picture_folder
+from helpers import SHAPE_CLASSES, assert_clean_error, cli, shared_cache, tree_digest, write_picture_folder
 
 from cnnviz_cli.store.runs import Store
 
@@ -135,3 +136,104 @@ def test_resume_of_a_folder_run_that_moved_names_the_fix_and_takes_its_new_place
     assert manifest["status"] == "complete" and len(manifest["history"]) == 2
     assert manifest["dataset"] == manifest["options"]["dataset"] == manifest["folder"]["path"] == str(moved)
     assert cli("evaluate", "--artifacts", store, "--quiet").exit_code == 0  # the views find it there too
+
+
+@pytest.fixture(scope="module")
+def resnet_folder_run(tmp_path_factory, shapes_folder, session_cache) -> tuple[Path, str]:
+    """torchvision:resnet18 trained for one epoch on ``shapes_folder`` at 24×24 RGB. Read-only."""
+    store = tmp_path_factory.mktemp("resnet-folder") / "artifacts"
+    with shared_cache(session_cache):
+        result = cli("train", "--model", "torchvision:resnet18", "--dataset", shapes_folder, "--epochs", "1",
+                     "--image-size", "24", "--batch-size", "16", "--artifacts", store, "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    return store, json.loads(result.stdout)["run_id"]
+
+
+def _first_layer_input(net, images: torch.Tensor) -> torch.Tensor:
+    """What ``net``'s first convolution receives for ``images``."""
+    seen = []
+    handle = net.conv1.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            net(images)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def _training_pictures(shapes_folder) -> torch.Tensor:
+    """The run's training split as the network is given it: [0, 1] pixels (decoded from the shared cache)."""
+    from cnnviz_cli.data import folders
+    from cnnviz_cli.data.datasets import load_folder_data
+
+    data = load_folder_data(str(shapes_folder.resolve()), 24, 3)
+    rows = folders.split_folder(data, 0.2, 0.1, 0).train
+    return data.images[rows].float() / 255
+
+
+def test_a_torchvision_model_on_a_folder_normalises_its_input_like_the_plain_cnn(resnet_folder_run, shapes_folder):
+    store, run_id = resnet_folder_run
+    from cnnviz_cli.store.checkpoint import load_run_model
+
+    run = Store(store).get(run_id)
+    model = run.manifest()["options"]["model"]
+    assert (model["spec"], model["normalise"], len(model["mean"])) == ("torchvision:resnet18", True, 3)
+    net, checkpoint = load_run_model(run)
+    assert "inside the network" in checkpoint.preprocessing["normalise"]
+    # The state dict is plain resnet18's: the statistics are not in it.
+    from torchvision.models import resnet18
+
+    plain = resnet18(num_classes=3)
+    assert set(net.state_dict()) == set(plain.state_dict())
+
+    pictures = _training_pictures(shapes_folder)
+    seen = _first_layer_input(net, pictures)
+    mean = torch.tensor(model["mean"]).reshape(1, 3, 1, 1)
+    std = torch.tensor(model["std"]).reshape(1, 3, 1, 1)
+    assert torch.equal(seen, (pictures - mean) / std)
+    # Over the training split the first layer sees zero mean and unit variance in every channel.
+    assert seen.mean(dim=(0, 2, 3)).abs().max() < 1e-5
+    assert (seen.std(dim=(0, 2, 3), correction=0) - 1).abs().max() < 1e-4
+
+
+def test_evaluate_and_predict_agree_with_the_validation_accuracy_of_training(resnet_folder_run, shapes_folder):
+    store, run_id = resnet_folder_run
+    history = Store(store).get(run_id).manifest()["history"]
+    evaluated = cli("evaluate", "--split", "val", "--artifacts", store, "--json", "--quiet")
+    assert evaluated.exit_code == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["accuracy"] == history[-1]["val_accuracy"]
+    assert metrics["loss"] == pytest.approx(history[-1]["val_loss"], rel=1e-5)
+
+    from cnnviz_cli.data import folders
+    from cnnviz_cli.data.datasets import load_folder_data
+
+    data = load_folder_data(str(shapes_folder.resolve()), 24, 3)
+    files = [shapes_folder / data.scan.files[row].relpath for row in folders.split_folder(data, 0.2, 0.1, 0).val]
+    predicted = cli("predict", *files, "--artifacts", store, "--json", "--quiet")
+    assert predicted.exit_code == 0, predicted.stderr
+    results = json.loads(predicted.stdout)["results"]
+    correct = sum(r["predicted"] == Path(r["path"]).parent.name for r in results)
+    assert (len(results), correct) == (metrics["n"], metrics["correct"])
+
+
+def test_an_older_folder_run_of_a_torchvision_model_is_read_without_normalisation(resnet_folder_run, shapes_folder,
+                                                                                 tmp_path):
+    """Before normalise was recorded, such runs kept the folder's statistics but fed [0, 1] pixels."""
+    from helpers import rewrite_checkpoint
+
+    from cnnviz_cli.store.checkpoint import load_run_model
+
+    store = tmp_path / "artifacts"
+    shutil.copytree(resnet_folder_run[0], store)
+    run_dir = store / resnet_folder_run[1]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    del manifest["options"]["model"]["normalise"]
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_checkpoint(run_dir, manifest["options"]["model"])
+
+    net, checkpoint = load_run_model(Store(store).get(resnet_folder_run[1]))
+    assert not hasattr(net, "input_mean") and not checkpoint.model_config.normalised
+    pictures = _training_pictures(shapes_folder)[:4]
+    assert torch.equal(_first_layer_input(net, pictures), pictures)
+    assert cli("evaluate", "--split", "val", "--artifacts", store, "--quiet").exit_code == 0

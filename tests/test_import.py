@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_clean_error, cli, tree_digest
-from safetensors import safe_open
+from helpers import assert_clean_error, cli, rewrite_checkpoint, tree_digest
 from safetensors.torch import save_file
 from torch import nn
 
@@ -83,33 +81,18 @@ def test_a_pickle_with_objects_is_never_unpickled(tmp_path):
     assert_clean_error(result, 4, "cannot be read as plain tensors")
 
 
-def _rewrite_checkpoint(run_dir: Path, model_config: dict) -> None:
-    """Give a run's checkpoint other metadata (same tensors) and record its new digest, as an attacker could."""
-    path = run_dir / "model.safetensors"
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    metadata["model_config"] = json.dumps(model_config)
-    save_file(tensors, str(path), metadata=metadata)
-    manifest_path = run_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["files"]["model.safetensors"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    manifest["files"]["model.safetensors"]["bytes"] = path.stat().st_size
-    manifest_path.write_text(json.dumps(manifest))
-
-
 def test_a_checkpoint_declaring_a_gigantic_network_is_refused_without_allocating(store_copy):
     import resource
 
     store, run_id = store_copy
     # Eight blocks of 4096 channels: about 3.2 GB of weights if anything were allocated.
-    _rewrite_checkpoint(store / run_id, {"channels": [4096] * 8, "kernel_size": 5, "in_channels": 1,
+    rewrite_checkpoint(store / run_id, {"channels": [4096] * 8, "kernel_size": 5, "in_channels": 1,
                                          "num_classes": 10, "image_size": 256})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = cli("filters", "--artifacts", store, "--run", run_id)
     assert_clean_error(result, 4, "do not fit the model it describes", "missing")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB
-    _rewrite_checkpoint(store / run_id, {"spec": "torchvision:resnet18", "in_channels": 1, "num_classes": 10,
+    rewrite_checkpoint(store / run_id, {"spec": "torchvision:resnet18", "in_channels": 1, "num_classes": 10,
                                          "image_size": 28})
     assert_clean_error(cli("filters", "--artifacts", store, "--run", run_id), 4, "unexpected")
 

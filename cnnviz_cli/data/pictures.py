@@ -184,8 +184,12 @@ def resolve_image(
                 "Image-folder runs take pictures as their training pictures were made (shorter side resized, "
                 "centre crop).", "Drop --invert and --preprocess."
             )
-        model = (manifest.get("options") or {}).get("model") or {}
+        from cnnviz_cli.config import ModelConfig
+
+        model = ModelConfig.from_manifest(manifest)
+        normalised = model.normalised  # (older torchvision/python runs recorded statistics they never applied)
         return from_folder_file(
-            path, size=size, channels=int(model.get("in_channels", 3)), mean=model.get("mean"), std=model.get("std")
+            path, size=size, channels=model.in_channels, mean=model.mean if normalised else None,
+            std=model.std if normalised else None,
         )
     return from_file(path, size=size, invert=invert, preprocess=preprocess, recipe=run_recipe(manifest))

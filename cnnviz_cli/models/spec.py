@@ -14,7 +14,9 @@ A spec is one of (the kinds are declared once, in ``SPEC_KINDS``):
   returning an ``nn.Module``. The module is imported again whenever a run made with it is loaded; the
   source file's sha256 is recorded so that a changed source can be reported.
 
-Building never downloads anything and never reads a file other than the user's own module.
+Building never downloads anything and never reads a file other than the user's own module. A run trained
+on an image folder records the training split's per-channel mean and std; every kind of network applies
+them to its [0, 1] input itself (``normalise_input``), so every command feeds it the same pixels.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import importlib
 import inspect
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -41,6 +44,7 @@ __all__ = [
     "parse_spec",
     "build_model",
     "build_from_config",
+    "normalise_input",
     "model_config",
     "torchvision_names",
     "closest",
@@ -53,6 +57,8 @@ MAX_CNN_CHANNELS = 4096
 MAX_CNN_BLOCKS = 8
 # Sizes tried, in order, to tell the user the smallest input an architecture takes.
 PROBE_SIZES = (32, 48, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512)
+# The root module's non-persistent buffers that hold a normalisation (named as the plain CNN's).
+NORMALISATION_BUFFERS = ("input_mean", "input_std")
 # Builders whose auxiliary classifiers would make training return a tuple instead of class scores.
 _TORCHVISION_EXTRA = {"googlenet": {"aux_logits": False, "init_weights": True},
                       "inception_v3": {"aux_logits": False, "init_weights": True}}
@@ -188,10 +194,15 @@ class BuiltModel:
         return data
 
 
-def build_model(spec: ModelSpec, *, in_channels: int, num_classes: int, image_size: int) -> BuiltModel:
+def build_model(
+    spec: ModelSpec, *, in_channels: int, num_classes: int, image_size: int,
+    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+) -> BuiltModel:
     """Build the network ``spec`` names for ``in_channels``×``image_size``² inputs and ``num_classes`` classes.
 
-    Builds on the current default device (``torch.device('meta')`` builds without allocating).
+    With ``mean``/``std`` (one value per input channel) the network normalises its [0, 1] input itself,
+    whatever its kind, so that every caller feeds it the same pixels. Builds on the current default device
+    (``torch.device('meta')`` builds without allocating).
     """
     if spec.is_plain_cnn:
         from cnnviz_cli.config import ModelConfig
@@ -199,7 +210,7 @@ def build_model(spec: ModelSpec, *, in_channels: int, num_classes: int, image_si
 
         config = ModelConfig(
             in_channels=in_channels, channels=spec.channels, kernel_size=spec.kernel_size,
-            num_classes=num_classes, image_size=image_size,
+            num_classes=num_classes, image_size=image_size, mean=mean, std=std,
         )
         if image_size < 2 ** len(spec.channels):
             raise UsageError(
@@ -212,7 +223,34 @@ def build_model(spec: ModelSpec, *, in_channels: int, num_classes: int, image_si
     else:
         built = _build_python(spec, in_channels, num_classes, image_size)
     _fit_input_size(built)
+    if mean is not None:
+        normalise_input(built.model, mean, std)
     return built
+
+
+def normalise_input(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    """Make ``model`` compute ``(x - mean) / std`` per channel on its input before its own forward.
+
+    The statistics are non-persistent buffers of the root module (they follow ``.to(device)`` but stay out
+    of the state dict, whose keys remain those of the plain architecture) and a forward pre-hook applies
+    them, so module names, checkpoints and every hook or graph trace of the layers are unchanged.
+    """
+    import torch
+
+    for name in NORMALISATION_BUFFERS:
+        if hasattr(model, name):
+            raise UsageError(f"The model already has an attribute {name!r}; cnnviz keeps its input normalisation there.")
+    shape = (1, len(mean), 1, 1)
+    for name, values in zip(NORMALISATION_BUFFERS, (mean, std), strict=True):
+        model.register_buffer(name, torch.tensor(values, dtype=torch.float32).reshape(shape), persistent=False)
+    model.register_forward_pre_hook(_normalise)
+
+
+def _normalise(model: nn.Module, args: tuple):
+    """The forward pre-hook of ``normalise_input`` (a module-level function: models stay picklable)."""
+    if not args:
+        return None
+    return ((args[0] - model.input_mean) / model.input_std, *args[1:])
 
 
 def _build_torchvision(spec: ModelSpec, in_channels: int, num_classes: int, image_size: int) -> BuiltModel:
@@ -363,6 +401,8 @@ def build_from_config(config) -> BuiltModel:
         spec = ModelSpec("cnn", tuple(config.channels), config.kernel_size)
         return BuiltModel(Net(config), spec, config.in_channels, config.num_classes, config.image_size)
     spec = parse_spec(config.spec)
+    normalised = config.normalised  # old image-folder runs of these models recorded statistics they never applied
     return build_model(
-        spec, in_channels=config.in_channels, num_classes=config.num_classes, image_size=config.image_size
+        spec, in_channels=config.in_channels, num_classes=config.num_classes, image_size=config.image_size,
+        mean=config.mean if normalised else None, std=config.std if normalised else None,
     )
