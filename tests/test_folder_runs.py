@@ -237,3 +237,59 @@ def test_an_older_folder_run_of_a_torchvision_model_is_read_without_normalisatio
     pictures = _training_pictures(shapes_folder)[:4]
     assert torch.equal(_first_layer_input(net, pictures), pictures)
     assert cli("evaluate", "--split", "val", "--artifacts", store, "--quiet").exit_code == 0
+
+
+def test_layers_of_a_spec_on_a_folder_take_the_input_train_would_make(resnet_folder_run, shapes_folder):
+    store, run_id = resnet_folder_run
+    of_run = json.loads(cli("layers", "--run", run_id, "--artifacts", store, "--json").stdout)
+    of_spec = cli("layers", "--model", "torchvision:resnet18", "--dataset", shapes_folder, "--image-size", "24",
+                  "--json")
+    assert of_spec.exit_code == 0, of_spec.stderr
+    of_spec = json.loads(of_spec.stdout)
+    assert (of_spec["input"], of_spec["num_classes"]) == ([3, 24, 24], 3)
+    assert of_spec["layers"] == of_run["layers"]
+
+    folder = json.loads(cli("datasets", shapes_folder, "--json", "--quiet").stdout)
+    default = json.loads(cli("layers", "--model", "tutorial", "--dataset", shapes_folder, "--channels", "1",
+                             "--json").stdout)
+    assert default["input"] == [1, folder["image_size"], folder["image_size"]] and folder["image_size"] != 24
+
+    assert_clean_error(cli("layers", "--model", "tutorial", "--image-size", "32"), 2, "applies to image folders")
+    assert_clean_error(cli("layers", "--run", run_id, "--image-size", "32", "--artifacts", store), 2,
+                       "applies with --model")
+    assert_clean_error(cli("layers", "--model", "tutorial", "--dataset", shapes_folder, "--channels", "2"), 2,
+                       "--channels must be 1 or 3")
+
+
+def test_import_on_a_folder_gives_the_weights_the_input_training_gave_them(resnet_folder_run, shapes_folder,
+                                                                           tmp_path):
+    """Weights trained here, saved by plain code and imported again, evaluate exactly as the run did."""
+    from safetensors.torch import save_file
+
+    from cnnviz_cli.store.checkpoint import load_run_model
+
+    store, run_id = resnet_folder_run
+    net, _ = load_run_model(Store(store).get(run_id))
+    weights = tmp_path / "resnet.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
+
+    other = tmp_path / "artifacts"
+    imported = cli("import", "--model", "torchvision:resnet18", "--weights", weights, "--dataset", shapes_folder,
+                   "--image-size", "24", "--artifacts", other, "--json", "--quiet")
+    assert imported.exit_code == 0, imported.stderr
+    new_id = json.loads(imported.stdout)["run_id"]
+    trained, again = manifest_of(store, run_id), manifest_of(other, new_id)
+    assert again["options"]["model"] == trained["options"]["model"]
+    assert (again["dataset"], again["classes"]) == (trained["dataset"], trained["classes"])
+
+    def evaluate(artifacts, run):
+        result = cli("evaluate", "--run", run, "--split", "val", "--artifacts", artifacts, "--json", "--quiet")
+        assert result.exit_code == 0, result.stderr
+        found = json.loads(result.stdout)
+        return found["n"], found["correct"], found["loss"], found["confusion_matrix"]
+
+    assert evaluate(other, new_id) == evaluate(store, run_id)
+
+    mismatched = cli("import", "--model", "torchvision:resnet18", "--weights", weights, "--dataset", shapes_folder,
+                     "--channels", "1", "--artifacts", other)
+    assert_clean_error(mismatched, 4, "mis-shaped 1: conv1.weight [64, 3, 7, 7] (model [64, 1, 7, 7])")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cnnviz_cli.commands.options import ArtifactsOpt, JsonOpt, RunOpt
+from cnnviz_cli.commands.options import ArtifactsOpt, ChannelsOpt, ImageSizeOpt, JsonOpt, RunOpt
 
 COMMAND = "layers"
 
@@ -19,16 +19,22 @@ def main(
     ] = None,
     kernel_size: Annotated[int | None, typer.Option("--kernel-size", help="Kernel size of a cnn:... spec.")] = None,
     dataset: Annotated[
-        str, typer.Option("--dataset", help="With --model: the dataset whose images it takes (mnist, fashion-mnist).")
+        str,
+        typer.Option("--dataset", help="With --model: the dataset whose images it takes (mnist, fashion-mnist, "
+                     "or an image folder's path)."),
     ] = "mnist",
+    image_size: ImageSizeOpt = None,
+    channels: ChannelsOpt = None,
     artifacts: ArtifactsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List every layer by its dotted name (use it with --layer), its type, output shape for the dataset's
     images, parameter count and receptive field (size and jump in input pixels).
 
-    Without --model: the network of the latest complete run, or of --run. Receptive fields follow the
-    largest path where branches merge; 'all' marks layers after global pooling or flattening.
+    Without --model: the network of the latest complete run, or of --run. With --model and an image
+    folder, the input is what `cnnviz train --dataset FOLDER` would make of it (same --image-size and
+    --channels). Receptive fields follow the largest path where branches merge; 'all' marks layers after
+    global pooling or flattening.
     Example: cnnviz layers --model torchvision:resnet18 --dataset fashion-mnist
     """
     from cnnviz_cli import console
@@ -37,7 +43,12 @@ def main(
 
     if model is not None and run_id is not None:
         raise UsageError("Give --run or --model, not both.")
-    config, run = _config(model, kernel_size, dataset, run_id, artifacts)
+    if model is None and (image_size is not None or channels is not None):
+        raise UsageError(
+            f"{'--image-size' if image_size is not None else '--channels'} applies with --model and an image folder; "
+            "a run's network takes the input it was trained on."
+        )
+    config, run = _config(model, kernel_size, dataset, image_size, channels, run_id, artifacts)
     result = describe_layers(config, run_id=run)
     if json_out:
         console.emit_json(result.to_json())
@@ -68,18 +79,22 @@ def main(
     console.result(table)
 
 
-def _config(model, kernel_size, dataset, run_id, artifacts):
+def _config(model, kernel_size, dataset, image_size, channels, run_id, artifacts):
     """The ModelConfig to describe, and the run it comes from (None for a spec)."""
     if model is not None:
-        from cnnviz_cli.data.datasets import CLASS_NAMES, check_dataset, is_folder
-        from cnnviz_cli.errors import UsageError
+        from cnnviz_cli import console
+        from cnnviz_cli.data.datasets import check_dataset, dataset_input
         from cnnviz_cli.models.spec import model_config, parse_spec
 
-        checked = check_dataset(dataset)
-        if is_folder(checked):
-            raise UsageError("--model with an image folder is not supported here yet.", "Train a run on the folder, then use --run.")
-        classes = CLASS_NAMES[checked]
-        return model_config(parse_spec(model, kernel_size), in_channels=1, num_classes=len(classes), image_size=28), None
+        spec = parse_spec(model, kernel_size)
+        with console.StepPhases() as phase:  # (a folder's picture headers are read once, then cached)
+            found = dataset_input(
+                check_dataset(dataset), image_size, channels,
+                on_progress=lambda stage, done, total: phase(f"{stage} pictures")(done, total),
+            )
+        return model_config(
+            spec, in_channels=found.channels, num_classes=len(found.classes), image_size=found.image_size
+        ), None
     from cnnviz_cli.config import ModelConfig
     from cnnviz_cli.errors import ArtifactError
     from cnnviz_cli.models.weights import header_shapes

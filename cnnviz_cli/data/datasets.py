@@ -263,13 +263,70 @@ def load_folder_data(
     folder's defaults. ``on_progress(stage, done, total)`` with stage 'reading' or 'decoding'."""
     from cnnviz_cli.data import folders
 
+    scan, image_size, channels = _folder_shape(dataset, image_size, channels, on_progress)
+    return folders.decode_folder(scan, image_size, channels, _stage(on_progress, "decoding"))
+
+
+def _folder_shape(dataset: str, image_size: int | None, channels: int | None, on_progress):
+    """The folder's scan, and the size and channel count its pictures are made into (None: the defaults,
+    from the pictures' headers)."""
+    from cnnviz_cli.data import folders
+
     folders.check_image_options(image_size, channels)
     scan = folders.scan_folder(Path(dataset))
     if image_size is None or channels is None:
         info = folders.probe_folder(scan, _stage(on_progress, "reading"))
         image_size = image_size or folders.default_image_size(info)
         channels = channels or folders.default_channels(info)
-    return folders.decode_folder(scan, image_size, channels, _stage(on_progress, "decoding"))
+    return scan, image_size, channels
+
+
+@dataclass(frozen=True)
+class DatasetInput:
+    """The input a network trained on a dataset takes, and its classes, as ``train`` records them."""
+
+    dataset: str
+    channels: int
+    image_size: int
+    classes: tuple[str, ...]
+    mean: list[float] | None = None  # image folders with ``statistics``: the training split's, per channel
+    std: list[float] | None = None
+
+
+IDX_INPUT = (1, 28)  # MNIST and Fashion-MNIST: 28×28 gray
+
+
+def dataset_input(
+    dataset: str,
+    image_size: int | None = None,
+    channels: int | None = None,
+    *,
+    statistics: bool = False,
+    on_progress=None,
+) -> DatasetInput:
+    """What ``train --dataset DATASET`` (with ``--image-size``/``--channels``) would give a network.
+
+    For an image folder the size and channels are the options' or the folder's defaults (read from the
+    pictures' headers, nothing decoded); with ``statistics`` also the training split's per-channel mean and
+    std, from the split training makes with its default fractions and seed (this decodes the folder into the
+    cache). ``dataset`` is as ``check_dataset`` returns it.
+    """
+    if not is_folder(dataset):
+        given = "--image-size" if image_size is not None else "--channels" if channels is not None else None
+        if given:
+            raise UsageError(f"{given} applies to image folders (--dataset PATH), not to {dataset}.")
+        return DatasetInput(dataset, *IDX_INPUT, CLASS_NAMES[dataset])
+    if not statistics:
+        scan, image_size, channels = _folder_shape(dataset, image_size, channels, on_progress)
+        return DatasetInput(dataset, channels, image_size, scan.classes)
+    from cnnviz_cli.config import TrainConfig
+    from cnnviz_cli.data import folders
+
+    data = load_folder_data(dataset, image_size, channels, on_progress)
+    defaults = TrainConfig()
+    rows = folders.split_folder(data, defaults.val_fraction, defaults.test_fraction, defaults.seed).train
+    mean, std = folders.channel_stats(data.images, rows)
+    return DatasetInput(dataset, data.channels, data.image_size, data.classes, mean, std)
 
 
 def _stage(on_progress, stage: str):

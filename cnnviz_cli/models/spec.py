@@ -382,11 +382,15 @@ def _fit_input_size(built: BuiltModel) -> None:
     )
 
 
-def model_config(spec: ModelSpec, *, in_channels: int, num_classes: int, image_size: int):
-    """The ModelConfig that records ``spec`` for this input (what runs and checkpoints store)."""
+def model_config(
+    spec: ModelSpec, *, in_channels: int, num_classes: int, image_size: int,
+    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+):
+    """The ModelConfig that records ``spec`` for this input and normalisation (what runs and checkpoints store)."""
     from cnnviz_cli.config import ModelConfig
 
-    common = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
+    common = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size, "mean": mean,
+              "std": std}
     if spec.is_plain_cnn:
         return ModelConfig(channels=spec.channels, kernel_size=spec.kernel_size, **common)
     return ModelConfig(spec=spec.text, **common)

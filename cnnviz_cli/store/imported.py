@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from cnnviz_cli.errors import ArtifactError
@@ -11,13 +12,20 @@ __all__ = ["import_run"]
 
 
 def import_run(store, config, weights: Path, *, dataset: str, classes: tuple[str, ...], name: str | None = None,
-               data_dir: Path | None = None, command: list[str] | None = None):
+               data_dir: Path | None = None, command: list[str] | None = None,
+               normalisation: Callable[[], tuple[list[float], list[float]]] | None = None):
     """A complete run from weights trained elsewhere: checked strictly, stored as safetensors; returns the Run.
 
-    Nothing is written unless the file's keys and shapes match the network exactly.
+    Nothing is written unless the file's keys and shapes match the network exactly. ``normalisation``
+    gives the input's per-channel mean and std once the weights fit (an image folder's, which may take a
+    while to compute: a file that does not fit is refused first).
     """
+    from dataclasses import replace
+
     import torch
 
+    from cnnviz_cli.config import TrainConfig
+    from cnnviz_cli.data.datasets import is_folder
     from cnnviz_cli.models.spec import build_from_config
     from cnnviz_cli.store.checkpoint import MODEL_FILE, save_checkpoint
     from cnnviz_cli.store.runs import utc_now
@@ -33,13 +41,24 @@ def import_run(store, config, weights: Path, *, dataset: str, classes: tuple[str
     store.check_writable()
     if name is not None:
         store.check_name_free(name)
+    if normalisation is not None:
+        mean, std = normalisation()
+        config = replace(config, mean=mean, std=std)
     built = build_from_config(config)
     built.model.load_state_dict(tensors, strict=True)
     built.model.eval()
+    options: dict = {"dataset": dataset, "model": config.to_dict()}
+    extra: dict = {}
+    if is_folder(dataset):  # the splits the views make of the folder: training's, with its default fractions
+        defaults = TrainConfig()
+        options.update(image_size=config.image_size, channels=config.in_channels, val_fraction=defaults.val_fraction,
+                       test_fraction=defaults.test_fraction, seed=defaults.seed)
+        extra["pictures"] = {"recipe": "folder"}
     run = store.create_run({
         "command": command or [],
-        "options": {"dataset": dataset, "model": config.to_dict()},
+        "options": options,
         "dataset": dataset,
+        **extra,
         "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
         "classes": list(classes),
         "imported": {"file": str(weights.resolve()), "sha256": file_sha256(weights), "format": weights.suffix.lower()[1:]},
