@@ -293,3 +293,21 @@ def test_import_on_a_folder_gives_the_weights_the_input_training_gave_them(resne
     mismatched = cli("import", "--model", "torchvision:resnet18", "--weights", weights, "--dataset", shapes_folder,
                      "--channels", "1", "--artifacts", other)
     assert_clean_error(mismatched, 4, "mis-shaped 1: conv1.weight [64, 3, 7, 7] (model [64, 1, 7, 7])")
+
+
+def test_patches_of_a_layer_that_sees_more_than_the_image_show_the_image(resnet_folder_run, tmp_path):
+    """resnet18's layer3 on 24 px pictures: tiles of the whole picture, the true field in the JSON."""
+    store = tmp_path / "artifacts"
+    shutil.copytree(resnet_folder_run[0], store)
+    layers = json.loads(cli("layers", "--artifacts", store, "--json").stdout)
+    field = next(row["receptive_field"] for row in layers["layers"] if row["name"] == "layer3.0.conv1")
+    result = cli("patches", "--layer", "layer3.0.conv1", "--layer", "layer1.0.conv1", "--artifacts", store,
+                 "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    deep, shallow = document["layers"]["layer3.0.conv1"], document["layers"]["layer1.0.conv1"]
+    assert deep["receptive_field"]["size"] == field["size"] == 115
+    assert deep["crops"] == "the whole 24×24 image: the 115 px field is larger" and "crops" not in shallow
+    best = deep["channels"][0]["top"][0]
+    top, left = best["window"][:2]
+    assert best["window"] == [top, left, top + 115, left + 115] and top < 0 and left < 0

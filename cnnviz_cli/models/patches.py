@@ -4,6 +4,10 @@ For every channel of a layer's ReLU output, each image contributes at most one c
 position for that channel. Candidates of a batch are merged with the running top-K by a stable sort,
 so memory holds K entries per channel however large the split is, and ties go to the lower image index
 (and, within an image, to the first position in row-major order).
+
+A crop is the unit's receptive field. Where the field is larger than the image (deep layers of big
+networks on small inputs: resnet18's layer3 sees 115 px or more of a 28 px picture) the crop is the whole
+image along that axis instead of a tile that is mostly padding; the field's true window stays in the JSON.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ if TYPE_CHECKING:
 
     from cnnviz_cli.models.network import Net
 
-__all__ = ["TopK", "LayerPatches", "RunningTopK", "top_patches", "crop", "crops_for"]
+__all__ = ["TopK", "LayerPatches", "RunningTopK", "top_patches", "crop", "crops_for", "shown_window", "outside_field"]
 
 STAGE = "relu"
 
@@ -75,7 +79,20 @@ class LayerPatches:
     layer: str
     field: ReceptiveField
     top: TopK
-    crops: torch.Tensor  # (C, K, size, size) float32 in [0, 1]; NaN where the field leaves the image
+    crops: torch.Tensor  # (C, K, S, S) float32 in [0, 1]; NaN where the field leaves the image (see shown_window)
+    image_size: tuple[int, int] | None = None  # (H, W) of the searched images; None: fields that fit them
+
+    @property
+    def clipped(self) -> bool:
+        """The field is larger than the image: every crop is the whole image."""
+        return self.image_size is not None and self.field.size > min(self.image_size)
+
+    def unseen(self, channel: int, rank: int) -> torch.Tensor | None:
+        """(S, S) bool: pixels of a clipped crop that lie outside the unit's field (it does not see them)."""
+        if not self.clipped:
+            return None
+        return outside_field(self.field, int(self.top.ys[channel, rank]), int(self.top.xs[channel, rank]),
+                             *self.image_size)
 
     def to_dict(self, labels: torch.Tensor | None = None, classes: Sequence[str] | None = None) -> dict:
         channels = []
@@ -97,19 +114,46 @@ class LayerPatches:
                     entry["label"] = classes[label] if classes else label
                 entries.append(entry)
             channels.append({"channel": ch, "top": entries})
-        return {"layer": self.layer, "stage": self.field.stage if self.field.stage == OUTPUT else STAGE,
+        data = {"layer": self.layer, "stage": self.field.stage if self.field.stage == OUTPUT else STAGE,
                 "receptive_field": self.field.to_dict(), "channels": channels}
+        if self.clipped:
+            h, w = self.image_size
+            data["crops"] = f"the whole {h}×{w} image: the {self.field.size} px field is larger"
+        return data
+
+
+def shown_window(field: ReceptiveField, y: int, x: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """[top, left, bottom, right) of the input a crop of unit (y, x) shows: the field's window, or along an
+    axis where the field is larger than the image, the whole image."""
+    top, left = field.window(y, x)
+    top, bottom = (0, height) if field.size > height else (top, top + field.size)
+    left, right = (0, width) if field.size > width else (left, left + field.size)
+    return top, left, bottom, right
+
+
+def outside_field(field: ReceptiveField, y: int, x: int, height: int, width: int) -> torch.Tensor:
+    """(rows, columns) of ``shown_window``, True where the pixel lies outside unit (y, x)'s field."""
+    import torch
+
+    top, left = field.window(y, x)
+    shown_top, shown_left, bottom, right = shown_window(field, y, x, height, width)
+    rows = torch.arange(shown_top, bottom)
+    cols = torch.arange(shown_left, right)
+    inside_rows = (rows >= top) & (rows < top + field.size)
+    inside_cols = (cols >= left) & (cols < left + field.size)
+    return ~(inside_rows[:, None] & inside_cols[None, :])
 
 
 def crop(image: torch.Tensor, field: ReceptiveField, y: int, x: int) -> torch.Tensor:
-    """The ``size``×``size`` input window of unit (y, x) of ``image`` (H, W) or (C, H, W); NaN outside it."""
+    """The input window of unit (y, x) of ``image`` (H, W) or (C, H, W) as ``shown_window`` gives it: the
+    ``size``×``size`` field, NaN where it leaves the image; the whole image where the field is larger."""
     import torch
 
     h, w = image.shape[-2:]
-    top, left = field.window(y, x)
-    out = torch.full((*image.shape[:-2], field.size, field.size), float("nan"), dtype=torch.float32)
+    top, left, bottom, right = shown_window(field, y, x, h, w)
+    out = torch.full((*image.shape[:-2], bottom - top, right - left), float("nan"), dtype=torch.float32)
     y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + field.size, h), min(left + field.size, w)
+    y1, x1 = min(bottom, h), min(right, w)
     if y1 > y0 and x1 > x0:
         out[..., y0 - top : y1 - top, x0 - left : x1 - left] = image[..., y0:y1, x0:x1].float()
     return out
@@ -121,7 +165,9 @@ def crops_for(images: torch.Tensor, field: ReceptiveField, top: TopK) -> torch.T
     import torch
 
     c, k = top.values.shape
-    out = torch.empty((c, k, *images.shape[1:-2], field.size, field.size), dtype=torch.float32)
+    h, w = images.shape[-2:]
+    shape = (min(field.size, h), min(field.size, w))  # (every crop has its field's size, or the image's)
+    out = torch.empty((c, k, *images.shape[1:-2], *shape), dtype=torch.float32)
     for ch in range(c):
         for rank in range(k):
             image = images[int(top.images[ch, rank])]
@@ -162,7 +208,8 @@ def top_patches(
         fields = {layer: field_for(model.config, layer, STAGE) for layer in layers}
     else:
         size = int(images.shape[-1])
-        fields = {f.layer: f for f in network_fields(model, ModelConfig(image_size=size), layers)}
+        channels = int(images.shape[1]) if images.dim() == 4 else 1
+        fields = {f.layer: f for f in network_fields(model, ModelConfig(in_channels=channels, image_size=size), layers)}
     with torch.inference_mode(), capture_activations(model, layers, [stage]) as captured:
         for b in range(batches):
             start = b * batch_size
@@ -176,5 +223,5 @@ def top_patches(
     for layer in layers:
         field = fields[layer]
         top = running[layer].result()
-        result.append(LayerPatches(layer, field, top, crops_for(images, field, top)))
+        result.append(LayerPatches(layer, field, top, crops_for(images, field, top), tuple(images.shape[-2:])))
     return result

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from cnnviz_cli.models.patches import LayerPatches
 
 OUTSIDE = (0.56, 0.74, 0.90)  # pale blue: the part of a field that lies outside the image (sees padding zeros)
+# (and, blended in, the part of a whole-image crop that lies outside the unit's field)
 ROWS_PER_BLOCK = 16  # more channels than this are laid out in side-by-side blocks of rows
 TILE_INCHES = 0.72
 TILE_PX = 40  # crops are enlarged (nearest neighbour) to about this many array pixels
@@ -59,6 +60,10 @@ def patches_figure(patches: LayerPatches, title: str) -> Figure:
             else:
                 rgb = gray(np.nan_to_num(big, nan=0.0))[..., :3]
                 rgb[np.isnan(big)] = OUTSIDE
+            unseen = patches.unseen(ch, rank)
+            if unseen is not None and bool(unseen.any()):  # a clipped crop: the image outside the unit's field
+                mask = np.kron(unseen.numpy(), np.ones((scale, scale), dtype=bool))
+                rgb[mask] = 0.35 * rgb[mask] + 0.65 * np.array(OUTSIDE)
             if values[ch, rank] <= 0:
                 rgb = 0.25 * rgb + 0.75  # the channel never fired on this image: its position is arbitrary
             left = x0 + rank * cell_w

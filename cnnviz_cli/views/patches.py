@@ -183,15 +183,26 @@ def write(run: Run, result: PatchesResult) -> list[Path]:
     paths = []
     with run.outputs(SECTION, record=record) as staging:
         for layer in result.layers:
-            field = layer.field
             title = (
                 f"{layer.layer} ({'ReLU' if result.stage == STAGE else 'output'}): the {result.top} {data.title} {data.name} images that excite each channel "
-                f"most, run {run.id}\n"
-                f"tile: the {field.size}×{field.size} px field (jump {field.jump}) of the strongest unit · "
-                "caption: #image activation · pale blue: outside the image"
+                f"most, run {run.id}\n{_tile_note(layer)}"
             )
             png = png_bytes(patches_figure(layer, title))
             paths.append(staging.write_bytes(result.relpath(layer.layer), png, kind="figure"))
         document = {"run_id": run.id, **result.document(), "record": file_metadata(record)}
         atomic_write_json(staging.path(result.data_relpath, kind="data"), document)
     return [*paths, staging.final_path(result.data_relpath)]
+
+
+def _tile_note(layer: LayerPatches) -> str:
+    """What a tile shows: the strongest unit's field, or the whole image when the field is larger."""
+    field = layer.field
+    if not layer.clipped:
+        return (f"tile: the {field.size}×{field.size} px field (jump {field.jump}) of the strongest unit · "
+                "caption: #image activation · pale blue: outside the image")
+    h, w = layer.image_size
+    channels, k = layer.top.values.shape
+    partial = any(bool(layer.unseen(ch, rank).any()) for ch in range(channels) for rank in range(k))
+    return (f"tile: the whole {h}×{w} image, which the strongest unit's {field.size}×{field.size} px field "
+            f"(jump {field.jump}) exceeds · caption: #image activation"
+            + (" · blue tint: outside the unit's field" if partial else ""))
