@@ -39,7 +39,7 @@ def main(
 
     Runs the whole split through the model and keeps, for every channel of each layer's ReLU output, the K images whose strongest response is highest (one position per image; ties go to the lower image index), then crops the part of the input that position sees: its receptive field, padded where it leaves the image.
 
-    Writes patches/<layer>.png (a row per channel, each patch captioned with image index and activation) and patches/patches.json (image, y, x, activation of every patch) in the run folder. Other options than the defaults get their own files, named from them (patches/conv2.top4.limit500.png, patches/patches.top4.limit500.json), so an earlier call's pictures stay; a repeat replaces its own.
+    Writes patches/<layer>.png (a row per channel, each patch captioned with image index and activation) and patches/patches.json (image, y, x, activation of every patch) in the run folder. Other options than the defaults get their own files, named from them (--top 4 --limit 500: patches/conv2.top4.limit500.png and patches/patches.top4.limit500.json; --layer conv2: patches/patches.conv2.json), so an earlier call's pictures stay; a repeat replaces its own.
 
     Example: cnnviz patches --layer conv2 --top 9
     """
