@@ -280,6 +280,9 @@ def test_import_on_a_folder_gives_the_weights_the_input_training_gave_them(resne
     new_id = json.loads(imported.stdout)["run_id"]
     trained, again = manifest_of(store, run_id), manifest_of(other, new_id)
     assert again["options"]["model"] == trained["options"]["model"]
+    model = trained["options"]["model"]
+    assert json.loads(imported.stdout)["input"] == {"in_channels": 3, "image_size": 24, "mean": model["mean"],
+                                                    "std": model["std"]}
     assert (again["dataset"], again["classes"]) == (trained["dataset"], trained["classes"])
 
     def evaluate(artifacts, run):

@@ -91,6 +91,21 @@ def test_python_factory_is_built_and_its_source_recorded():
     assert built.describe()["spec"] == "python:factories:two_path"
 
 
+def test_a_normalised_model_sees_its_input_normalised_and_refuses_the_wrong_channel_count():
+    mean, std = [0.5, 0.25, 0.0], [0.5, 0.25, 2.0]
+    built = build_model(parse_spec("python:factories:two_path"), in_channels=3, num_classes=4, image_size=20,
+                        mean=mean, std=std)
+    plain = build_model(parse_spec("python:factories:two_path"), in_channels=3, num_classes=4, image_size=20)
+    assert list(built.model.state_dict()) == list(plain.model.state_dict())  # the buffers are not saved
+    seen = []
+    built.model.stem.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    x = torch.ones(2, 3, 20, 20)
+    built.model.eval()(x)
+    assert seen[0][:, :, 0, 0].tolist() == [[1.0, 3.0, 0.5]] * 2  # (1 - mean) / std per channel
+    with pytest.raises(RuntimeError, match=r"expected input of shape \(N, 3, H, W\), got \(2, 1, 20, 20\)"):
+        built.model(torch.ones(2, 1, 20, 20))
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [

@@ -88,6 +88,7 @@ def main(
             "name": name,
             "model": config.spec_text,
             "dataset": found.dataset,
+            "input": {key: manifest["options"]["model"].get(key) for key in ("in_channels", "image_size", "mean", "std")},
             "imported": manifest["imported"],
             "checkpoint": str(run.dir / "model.safetensors"),
             "status": manifest["status"],

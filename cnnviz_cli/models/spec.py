@@ -250,7 +250,11 @@ def _normalise(model: nn.Module, args: tuple):
     """The forward pre-hook of ``normalise_input`` (a module-level function: models stay picklable)."""
     if not args:
         return None
-    return ((args[0] - model.input_mean) / model.input_std, *args[1:])
+    x = args[0]
+    if x.dim() != 4 or x.shape[1] != model.input_mean.shape[1]:
+        # Broadcasting would quietly turn a one-channel batch into a three-channel one.
+        raise RuntimeError(f"expected input of shape (N, {model.input_mean.shape[1]}, H, W), got {tuple(x.shape)}")
+    return ((x - model.input_mean) / model.input_std, *args[1:])
 
 
 def _build_torchvision(spec: ModelSpec, in_channels: int, num_classes: int, image_size: int) -> BuiltModel:
