@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from cnnviz_cli.errors import ArtifactError, UsageError
 
@@ -84,6 +85,17 @@ def check_held_out_split(split: str, *, val: str = "the run's own validation ima
 
 # The tutorial feeds ToTensor() output to the network: pixels / 255, no mean/std normalisation.
 PREPROCESSING = {"scale": "1/255", "range": "[0, 1]", "mean": 0.0, "std": 1.0, "layout": "NCHW float32"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PictureOptions:
+    """How a per-image view (featuremaps, explain, evolution) reads its picture: where the run's dataset
+    is, and how the user's own picture is prepared. Each view's options add ``image`` and ``split``."""
+
+    invert: bool | None = None  # own pictures: force the polarity (None: found from the border)
+    preprocess: str | None = None  # own pictures: one of PREPROCESS_MODES (None: dataset)
+    data_dir: Path | None = None
+    offline: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -31,16 +32,20 @@ def tiny_data(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("tiny-data"))
 
 
+def _train_once(session_cache: Path, *args) -> str:
+    """`cnnviz train ARGS` for a session fixture (which runs outside any test's environment) with the
+    session's cache; returns the new run's id."""
+    with shared_cache(session_cache):
+        result = cli("train", *args, "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)["run_id"]
+
+
 @pytest.fixture(scope="session")
 def trained_store(tmp_path_factory, tiny_data, session_cache) -> tuple[Path, str]:
     """A store with one complete 2-epoch run on the tiny data. Read-only: copy it before changing it."""
     store = tmp_path_factory.mktemp("store") / "artifacts"
-    with shared_cache(session_cache):
-        result = cli("train", "--data-dir", tiny_data, "--epochs", "2", "--artifacts", store, "--json", "--quiet")
-    assert result.exit_code == 0, result.stderr
-    import json
-
-    return store, json.loads(result.stdout)["run_id"]
+    return store, _train_once(session_cache, "--data-dir", tiny_data, "--epochs", "2", "--artifacts", store)
 
 
 @pytest.fixture
@@ -65,10 +70,6 @@ def shapes_folder(tmp_path_factory) -> Path:
 def folder_store(tmp_path_factory, shapes_folder, session_cache) -> tuple[Path, str]:
     """A store with one complete 2-epoch run on ``shapes_folder`` at 24×24 RGB. Read-only."""
     store = tmp_path_factory.mktemp("folder-store") / "artifacts"
-    with shared_cache(session_cache):
-        result = cli("train", "--dataset", shapes_folder, "--epochs", "2", "--image-size", "24",
-                     "--artifacts", store, "--json", "--quiet")
-    assert result.exit_code == 0, result.stderr
-    import json
-
-    return store, json.loads(result.stdout)["run_id"]
+    return store, _train_once(
+        session_cache, "--dataset", shapes_folder, "--epochs", "2", "--image-size", "24", "--artifacts", store
+    )

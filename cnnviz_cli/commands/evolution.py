@@ -63,7 +63,9 @@ def main(
     from cnnviz_cli.store.runs import Store
     from cnnviz_cli.views import evolution
 
-    options = evolution.EvolutionOptions(layer, image, fmt, initial, split, invert, preprocess, data_dir, offline)
+    options = evolution.EvolutionOptions(
+        layer, image, fmt, initial, split, invert=invert, preprocess=preprocess, data_dir=data_dir, offline=offline
+    )
     the_run = Store.from_option(artifacts).get_complete(run)
     with console.StepProgress("loading epoch checkpoints", quiet) as progress:
         result = evolution.compute(the_run, options, on_epoch=progress)

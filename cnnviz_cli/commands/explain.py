@@ -67,7 +67,8 @@ def main(
     from cnnviz_cli.training.device import command_performance
 
     options = explain.ExplainOptions(
-        image, tuple(methods) if methods else None, target, layer, split, invert, preprocess, data_dir, offline
+        image, tuple(methods) if methods else None, target, layer, split,
+        invert=invert, preprocess=preprocess, data_dir=data_dir, offline=offline,
     )
     run = Store.from_option(artifacts).get_complete(run_id)
     # One image through a small CNN: a single thread beats a thread pool, and the cyclic GC only costs time.

@@ -63,7 +63,8 @@ def main(
     from cnnviz_cli.views import featuremaps
 
     options = featuremaps.FeaturemapsOptions(
-        image, split, tuple(layer) if layer else None, (stage,), top, invert, preprocess, data_dir, offline
+        image, split, tuple(layer) if layer else None, (stage,), top,
+        invert=invert, preprocess=preprocess, data_dir=data_dir, offline=offline,
     )
     run = Store.from_option(artifacts).get_complete(run_id)
     with command_performance(one_thread=True):

@@ -13,6 +13,7 @@ from cnnviz_cli.commands.options import (
     DataDirOpt,
     ImageSizeOpt,
     JsonOpt,
+    KernelSizeOpt,
     QuietOpt,
     command_line,
 )
@@ -33,7 +34,7 @@ def main(
         typer.Option("--dataset", help="The dataset the weights were trained on (mnist, fashion-mnist, or an image "
                      "folder's path)."),
     ],
-    kernel_size: Annotated[int | None, typer.Option("--kernel-size", help="Kernel size of a cnn:... spec.")] = None,
+    kernel_size: KernelSizeOpt = None,
     image_size: ImageSizeOpt = None,
     channels: ChannelsOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="A name for the run; --run takes it like an id.")] = None,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cnnviz_cli.commands.options import ArtifactsOpt, ChannelsOpt, ImageSizeOpt, JsonOpt, RunOpt
+from cnnviz_cli.commands.options import ArtifactsOpt, ChannelsOpt, ImageSizeOpt, JsonOpt, KernelSizeOpt, RunOpt
 
 COMMAND = "layers"
 
@@ -17,7 +17,7 @@ def main(
         str | None,
         typer.Option("--model", "-m", help="A model spec instead of a run (see `cnnviz models`).", show_default=False),
     ] = None,
-    kernel_size: Annotated[int | None, typer.Option("--kernel-size", help="Kernel size of a cnn:... spec.")] = None,
+    kernel_size: KernelSizeOpt = None,
     dataset: Annotated[
         str,
         typer.Option("--dataset", help="With --model: the dataset whose images it takes (mnist, fashion-mnist, "

@@ -66,6 +66,10 @@ OfflineOpt = Annotated[
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto, cpu, cuda or mps (auto picks a GPU when there is one).")
 ]
+KernelSizeOpt = Annotated[
+    int | None,
+    typer.Option("--kernel-size", help="Kernel size of a cnn:... network (odd, 1 to 31). (default: 5)", show_default=False),
+]
 SplitOpt = Annotated[str, typer.Option("--split", help="Which images: test, val or train.")]
 LayerOpt = Annotated[
     list[str] | None,

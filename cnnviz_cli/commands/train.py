@@ -14,6 +14,7 @@ from cnnviz_cli.commands.options import (
     DeviceOpt,
     ImageSizeOpt,
     JsonOpt,
+    KernelSizeOpt,
     OfflineOpt,
     QuietOpt,
     TestFractionOpt,
@@ -66,9 +67,7 @@ def main(
             "(`cnnviz models` lists them).",
         ),
     ] = "tutorial",
-    kernel_size: Annotated[
-        int | None, typer.Option("--kernel-size", help="Kernel size of a cnn:... network (odd; default 5).")
-    ] = None,
+    kernel_size: KernelSizeOpt = None,
     device: DeviceOpt = "auto",
     precision: Annotated[
         str, typer.Option("--precision", help="fp32, or bf16 (autocast; see the README's performance notes).")

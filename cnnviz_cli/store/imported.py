@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnviz_cli.errors import ArtifactError
-from cnnviz_cli.models.weights import file_sha256, read_state_dict, shape_mismatch, state_shapes
+from cnnviz_cli.models.weights import read_state_dict, shape_mismatch, state_shapes
 
 __all__ = ["import_run"]
 
@@ -28,7 +28,7 @@ def import_run(store, config, weights: Path, *, dataset: str, classes: tuple[str
     from cnnviz_cli.data.datasets import is_folder
     from cnnviz_cli.models.spec import build_from_config
     from cnnviz_cli.store.checkpoint import MODEL_FILE, save_checkpoint
-    from cnnviz_cli.store.runs import utc_now
+    from cnnviz_cli.store.runs import sha256_file, utc_now
 
     weights = Path(weights)
     tensors = read_state_dict(weights)
@@ -61,7 +61,7 @@ def import_run(store, config, weights: Path, *, dataset: str, classes: tuple[str
         **extra,
         "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
         "classes": list(classes),
-        "imported": {"file": str(weights.resolve()), "sha256": file_sha256(weights), "format": weights.suffix.lower()[1:]},
+        "imported": {"file": str(weights.resolve()), "sha256": sha256_file(weights), "format": weights.suffix.lower()[1:]},
         "model": built.describe(),
         "history": [],
     }, name=name)

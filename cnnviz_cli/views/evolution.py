@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.config import check_choice, check_split
+from cnnviz_cli.config import PictureOptions, check_choice, check_split
 from cnnviz_cli.errors import ArtifactError, UsageError
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def epoch_checkpoints(run: Run, manifest: dict | None = None) -> list[EpochCheck
 
 
 @dataclass(frozen=True)
-class EvolutionOptions:
+class EvolutionOptions(PictureOptions):
     """Which layer, image and format; checked when built, so a mistake is reported before the store is opened."""
 
     layer: str = "conv1"
@@ -111,10 +111,6 @@ class EvolutionOptions:
     format: str = "gif"  # one of FORMATS
     initial: bool = False  # start with epoch 0, the weights rebuilt from the run's seed
     split: str = "test"
-    invert: bool | None = None
-    preprocess: str | None = None
-    data_dir: Path | None = None
-    offline: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.format, FORMATS, "--format")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from cnnviz_cli.config import check_split
+from cnnviz_cli.config import PictureOptions, check_split
 from cnnviz_cli.errors import UsageError
 from cnnviz_cli.models.probe import OUTPUT, gradcam_layer, is_plain_cnn, stage_module
 
@@ -287,7 +287,7 @@ def methods_phrase(names: Sequence[str], last: str = "or") -> str:
 
 
 @dataclass(frozen=True)
-class ExplainOptions:
+class ExplainOptions(PictureOptions):
     """Which image, methods, class and layer; checked when built, so a mistake is reported before the store is opened."""
 
     image: str  # an index into the split, or a picture's path
@@ -295,10 +295,6 @@ class ExplainOptions:
     target: str | None = None  # a class index or name; None: the predicted class
     layer: str | None = None  # for the layer methods; None: the last conv layer
     split: str = "test"
-    invert: bool | None = None
-    preprocess: str | None = None
-    data_dir: Path | None = None
-    offline: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(check_methods(self.methods)))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.config import MODEL_FILE, check_split, check_top
+from cnnviz_cli.config import MODEL_FILE, PictureOptions, check_split, check_top
 from cnnviz_cli.models.featuremaps import parse_stages
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ TENSOR_LAYOUT = "'<layer>.<stage>': (channels, height, width); input: (1, H, W);
 
 
 @dataclass(frozen=True)
-class FeaturemapsOptions:
+class FeaturemapsOptions(PictureOptions):
     """Which image and which maps; checked when built, so a mistake is reported before the store is opened."""
 
     image: str  # an index into the split, or a picture's path
@@ -35,10 +35,6 @@ class FeaturemapsOptions:
     layers: tuple[str, ...] | None = None  # None: every conv layer
     stages: tuple[str, ...] = ("relu",)  # conv, relu, pool, or all
     top: int | None = None  # draw only the K most active channels
-    invert: bool | None = None
-    preprocess: str | None = None
-    data_dir: Path | None = None
-    offline: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(parse_stages(list(self.stages))))
