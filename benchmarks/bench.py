@@ -488,7 +488,7 @@ def work_model_loop(spec: dict) -> dict:
     from cnnviz_cli.training.device import pick_device
     from cnnviz_cli.training.loop import epoch_generator, evaluate, make_optimizer, train_epoch
 
-    variant, seed, epochs = spec["variant"], spec["seed"], spec["epochs"]
+    variant, seed, epochs = spec["variant"], spec["seed"], spec["model_epochs"]
     data_dir = Path(spec["data_dir"]) if spec.get("data_dir") else None
     kwargs = dict(val_fraction=VAL_FRACTION, seed=seed, limit=spec["model_limit"])
     train = load_split(spec["dataset"], "train", data_dir, True, **kwargs)
@@ -1000,6 +1000,7 @@ class Options:
     quick: bool = False
     folder_images: int = 10000
     model_limit: int = 12000
+    model_epochs: int = 3
 
 
 class Bench:
@@ -1037,6 +1038,7 @@ class Bench:
             "data_dir": str(self.options.data_dir) if self.options.data_dir else None,
             "limit": self.options.limit,
             "model_limit": self.options.model_limit,
+            "model_epochs": self.options.model_epochs,
             "epochs": self.options.epochs,
             **extra,
         }
@@ -1149,7 +1151,8 @@ class Bench:
     def section_models(self) -> None:
         """resnet18: cnnviz's loop against the plain PyTorch recipe, fp32 and bf16; `cnnviz layers` start-up."""
         opts = self.options
-        self.log(f"models: {MODEL_SPEC}, {opts.epochs} epoch(s) on {opts.model_limit} images, {opts.repeats} pairs")
+        self.log(f"models: {MODEL_SPEC}, {opts.model_epochs} epoch(s) on {opts.model_limit} images, {opts.repeats} pairs "
+                 "(pair i trains with seed i on both sides)")
         results: dict[str, list[dict]] = {"plain": [], "cnnviz": [], "cnnviz-bf16": []}
         run = self.loop_runner("model_loop", results)
 
@@ -1594,6 +1597,8 @@ class Bench:
                 "data_dir": str(self.options.data_dir) if self.options.data_dir else None,
                 "limit": self.options.limit,
                 "epochs": self.options.epochs,
+                "model_limit": self.options.model_limit,
+                "model_epochs": self.options.model_epochs,
                 "repeats": self.options.repeats,
                 "startup_repeats": self.options.startup_repeats,
                 "render_budget_s": self.options.render_budget_s,
@@ -1670,6 +1675,18 @@ def accuracy_tolerance(val_size: int, accuracy: float) -> float:
     return math.sqrt(max(accuracy * (1 - accuracy), 1e-4) / max(val_size, 1))
 
 
+def equal_accuracy(plain: Sequence[float], ours: Sequence[float], val_size: int) -> tuple[bool, float]:
+    """Whether two sets of accuracies (one per seed) are equal: their means within two standard errors of the
+    difference, estimated from the seeds' spread and never below the binomial error of the validation set."""
+    def var(values):
+        return statistics.variance(values) if len(values) > 1 else 0.0
+
+    spread = math.sqrt(var(plain) / len(plain) + var(ours) / len(ours))
+    binomial = math.sqrt(2) * accuracy_tolerance(val_size, statistics.fmean(plain))
+    tol = 2 * max(spread, binomial)
+    return abs(statistics.fmean(ours) - statistics.fmean(plain)) <= tol, tol
+
+
 def evaluate_targets(rows: Sequence[Row], checks: dict) -> list[dict]:
     targets = []
 
@@ -1711,13 +1728,11 @@ def evaluate_targets(rows: Sequence[Row], checks: dict) -> list[dict]:
             model_acc = _row(rows, "model_acc")
             if model_acc and model_acc.baseline:
                 ours = model_acc.extra.get("bf16") if key.endswith("bf16") else model_acc.cnnviz
-                plain = statistics.median(model_acc.baseline)
-                # "At equal accuracy": within two binomial standard errors of the plain recipe's.
-                tol = 2 * accuracy_tolerance(model_acc.extra.get("val_size", 512), plain)
                 if ours:
-                    equal = abs(statistics.median(ours) - plain) <= tol
-                    detail = (f"median val accuracy {statistics.median(ours):.4f} vs plain {plain:.4f}: "
-                              f"{'equal' if equal else 'NOT equal'} within {tol:.4f}")
+                    equal, tol = equal_accuracy(model_acc.baseline, ours, model_acc.extra.get("val_size", 512))
+                    detail = (f"mean val accuracy {statistics.fmean(ours):.4f} vs plain "
+                              f"{statistics.fmean(model_acc.baseline):.4f}: {'equal' if equal else 'NOT equal'} "
+                              f"within {tol:.4f}")
             add(key, name, f">= {TARGETS[key]}× at equal accuracy", round(ratio, 3), ratio >= TARGETS[key] and equal,
                 detail)
     layers_row = _row(rows, "layers")
@@ -1880,6 +1895,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1, help="Epochs of the training measurements (default 1).")
     parser.add_argument("--model-limit", type=int, default=None,
                         help="Training images of the resnet18 measurements (default 12000; 1024 with --quick).")
+    parser.add_argument("--model-epochs", type=int, default=None,
+                        help="Epochs of the resnet18 measurements (default 3, so that accuracies can be compared; 1 with --quick).")
     parser.add_argument("--render-budget", type=float, default=None,
                         help="Seconds the one-subplot-per-kernel baseline may draw before extrapolating (default 20; 4 with --quick).")
     parser.add_argument("--only", default=None, help=f"Comma-separated sections to run: {', '.join(SECTIONS)}.")
@@ -1919,6 +1936,7 @@ def options_from(args: argparse.Namespace) -> Options:
         quick=quick,
         folder_images=args.folder_images if args.folder_images is not None else (2000 if quick else 10000),
         model_limit=args.model_limit if args.model_limit is not None else (1024 if quick else 12000),
+        model_epochs=args.model_epochs if args.model_epochs is not None else (1 if quick else 3),
     )
     if options.limit < 10:
         raise UsageError(f"--limit must be at least 10, got {options.limit}.")

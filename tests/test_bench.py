@@ -144,7 +144,7 @@ def test_maximize_workers_and_target(trained_store, keep_threads):
         rows = [R("maximize", "maximize", "max", "s", "lower", baseline=[2.0], cnnviz=[seconds], ratio_inverted=True)]
         assert [(t["key"], t["pass"]) for t in bench.evaluate_targets(rows, {})] == [("maximize", passed)]
 def test_model_loop_workers_train_the_same_resnet18(tiny_data, keep_threads):
-    spec = {"dataset": "mnist", "data_dir": str(tiny_data), "model_limit": 80, "epochs": 1, "seed": 0}
+    spec = {"dataset": "mnist", "data_dir": str(tiny_data), "model_limit": 80, "model_epochs": 1, "seed": 0}
     results = {v: bench.work_model_loop({**spec, "variant": v}) for v in ("plain", "cnnviz")}
     for result in results.values():
         assert result["train_size"] == 64 and result["images_per_s"] > 0 and 0 <= result["val_accuracy"] <= 1
@@ -191,3 +191,12 @@ def test_bad_options_are_refused(capsys, tmp_path):
     assert bench.main(["--only", "loop,nonsense", "--no-save"]) == 2
     assert "nonsense" in capsys.readouterr().err
     assert bench.main(["--data-dir", str(tmp_path / "missing"), "--no-save"]) == 2
+
+
+def test_equal_accuracy_allows_the_seeds_spread_and_no_less_than_the_validation_sets_error():
+    equal, tol = bench.equal_accuracy([0.80, 0.84, 0.82], [0.81, 0.83, 0.79], val_size=2400)
+    assert equal and tol > 0.02  # seeds alone move the accuracy by about 2 points here
+    assert not bench.equal_accuracy([0.80, 0.84, 0.82], [0.70, 0.72, 0.71], val_size=2400)[0]
+    # identical seeds: only the binomial error of 2,400 images at 80% (two standard errors of the difference)
+    equal, tol = bench.equal_accuracy([0.80] * 3, [0.80] * 3, val_size=2400)
+    assert equal and math.isclose(tol, 2 * math.sqrt(2) * math.sqrt(0.8 * 0.2 / 2400))
