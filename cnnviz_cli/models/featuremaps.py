@@ -21,15 +21,12 @@ if TYPE_CHECKING:
     from cnnviz_cli.models.network import Net
 
 __all__ = [
-    "STAGE_TITLES",
     "FeatureMaps",
     "capture_featuremaps",
     "channel_activity",
     "parse_stages",
     "top_channels",
 ]
-
-STAGE_TITLES = {"conv": "after the convolution", "relu": "after ReLU", "pool": "after max-pooling", "output": "output"}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 
     from cnnviz_cli.plots.tiling import TiledMaps
 
-__all__ = ["activation_scale", "featuremap_figure", "overview_figure"]
+__all__ = ["STAGE_TITLES", "activation_scale", "featuremap_figure", "overview_figure"]
+
+# how a title names a stage of a layer: "conv2 after ReLU"
+STAGE_TITLES = {"conv": "after the convolution", "relu": "after ReLU", "pool": "after max-pooling", "output": "output"}
 
 SEQUENTIAL_CMAP = "viridis"
 DIVERGING_CMAP = "RdBu_r"

@@ -711,8 +711,7 @@ class _Computer:
                 section.status = "missing"
                 section.missing = f"cnnviz featuremaps --image 0 --run {self.run.id}"
             return section
-        from cnnviz_cli.models.featuremaps import STAGE_TITLES
-        from cnnviz_cli.plots.featuremaps import overview_figure
+        from cnnviz_cli.plots.featuremaps import STAGE_TITLES, overview_figure
         from cnnviz_cli.views import featuremaps
 
         shown = {p.source.split("/")[1] for p in section.pictures if p.source.startswith("featuremaps/")}

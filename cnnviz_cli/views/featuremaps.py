@@ -209,7 +209,7 @@ def compute(run: Run, options: FeaturemapsOptions) -> FeaturemapsResult:
 
 
 def _map_title(key: str, activation: torch.Tensor, channels: list[int]) -> str:
-    from cnnviz_cli.models.featuremaps import STAGE_TITLES
+    from cnnviz_cli.plots.featuremaps import STAGE_TITLES
 
     name, stage = key.rsplit(".", 1)
     c, h, w = activation.shape
@@ -224,9 +224,8 @@ def write(run: Run, result: FeaturemapsResult) -> list[Path]:
     """input.png (for a picture), <layer>-<stage>.png, overview.png and activations.safetensors (named from
     the options when they are not the defaults), all or nothing."""
     from cnnviz_cli.data.pictures import save_input
-    from cnnviz_cli.models.featuremaps import STAGE_TITLES
     from cnnviz_cli.plots.common import png_bytes
-    from cnnviz_cli.plots.featuremaps import featuremap_figure, overview_figure
+    from cnnviz_cli.plots.featuremaps import STAGE_TITLES, featuremap_figure, overview_figure
     from cnnviz_cli.store.checkpoint import save_tensors
     from cnnviz_cli.store.runs import file_metadata
 
