@@ -314,3 +314,10 @@ def test_patches_of_a_layer_that_sees_more_than_the_image_show_the_image(resnet_
     best = deep["channels"][0]["top"][0]
     top, left = best["window"][:2]
     assert best["window"] == [top, left, top + 115, left + 115] and top < 0 and left < 0
+
+    # maximize crops the same way (whole pictures beside each other); its JSON keeps the true window too.
+    maximized = cli("maximize", "--layer", "layer3.0.conv1", "--channel", "0", "--steps", "4", "--artifacts", store,
+                    "--json", "--quiet")
+    assert maximized.exit_code == 0, maximized.stderr
+    window = json.loads(maximized.stdout)["window"]
+    assert window[2] - window[0] == window[3] - window[1] == 115

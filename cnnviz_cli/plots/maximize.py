@@ -83,15 +83,22 @@ def maximize_figure(
 
 def maximize_title(
     layer: str | None, field: int | None, k: int, dataset: str, split: str, run_id: str, steps: int, seed: int,
-    exceeded: int, count: int,
+    exceeded: int, count: int, image_size: int | None = None,
 ) -> str:
+    """``field``: the field's size in pixels (None: whole images); a field larger than ``image_size`` is
+    shown as the whole image, as ``models.patches.crop`` cuts it."""
     what = f"{layer}: each channel's optimised image" if layer else "each class's optimised image"
     reached = "the activation" if layer else "the class score (logit)"
-    tiles = f"the {field}×{field} px field of the layer's centre unit" if field else "the whole image"
+    fits = field is not None and (image_size is None or field <= image_size)
+    tiles = (
+        f"the {field}×{field} px field of the layer's centre unit" if fits
+        else f"the whole image, which the centre unit's {field}×{field} px field exceeds" if field
+        else "the whole image"
+    )
     return (
         f"{what} (left; bold: {reached} it reaches) beside the {k} {dataset} {split} images that excite it "
         f"most, run {run_id}\n{steps} steps, seed {seed} · tiles: {tiles} · {exceeded} of {count} optimised "
-        "images beat every real image" + (" · pale blue: outside the image" if field else "")
+        "images beat every real image" + (" · pale blue: outside the image" if fits else "")
     )
 
 

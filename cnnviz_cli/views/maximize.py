@@ -362,6 +362,7 @@ def write(run: Run, result: MaximizeResult) -> list[Path]:
     title = maximize_title(
         result.layer, result.field.size if result.field else None, top.values.shape[1], result.dataset,
         result.split, run.id, c.steps, c.seed, result.exceeded(), len(m.indices),
+        result.checkpoint.model_config.image_size,
     )
     figure = maximize_figure(
         result.labels(), result.optimised_crops.numpy(), [f"{v:.{decimals}f}" for v in reached],

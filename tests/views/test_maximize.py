@@ -481,3 +481,15 @@ def test_bad_input_one_clear_line_nothing_written(trained_store, tmp_path, args,
     assert_clean_error(result, 2, needle)
     assert len(result.stderr.strip().splitlines()) == 1
     assert tree_digest(store) == before
+
+
+def test_the_title_names_whole_pictures_when_the_field_exceeds_the_image():
+    from cnnviz_cli.plots.maximize import maximize_title
+
+    def tiles(field, image_size):
+        title = maximize_title("l", field, 4, "shapes", "test", "r", 8, 0, 1, 2, image_size)
+        return title.split(" · ")[1], title.endswith("outside the image")
+
+    assert tiles(27, 28) == ("tiles: the 27×27 px field of the layer's centre unit", True)
+    assert tiles(115, 24) == ("tiles: the whole image, which the centre unit's 115×115 px field exceeds", False)
+    assert tiles(None, 24) == ("tiles: the whole image", False)
