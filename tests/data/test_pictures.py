@@ -10,7 +10,15 @@ import torch
 from PIL import Image
 
 from cnnviz_cli.data.datasets import Split
-from cnnviz_cli.data.pictures import from_file, from_split, is_index, resolve_image, save_input
+from cnnviz_cli.data.pictures import (
+    InputImage,
+    from_file,
+    from_split,
+    image_slug,
+    is_index,
+    resolve_image,
+    save_input,
+)
 from cnnviz_cli.errors import DataError, UsageError
 
 MANIFEST = {"dataset": "mnist", "options": {"val_fraction": 0.2, "seed": 0}}
@@ -111,3 +119,22 @@ def test_each_mistake_has_its_own_error(tmp_path, tiny_data, spec, options, kind
         resolve_image(spec.format(tmp=tmp_path), MANIFEST, data_dir=tiny_data, **options)
     assert message in str(error.value)
     assert error.value.exit_code == (2 if kind is UsageError else 3)
+
+
+@pytest.mark.parametrize(
+    ("provenance", "slug"),
+    [
+        ({"kind": "index", "split": "test", "index": 7}, "test-7"),
+        ({"kind": "file", "path": "/p/My photo (1).png", "sha256": "abcdef0123456789"}, "My_photo_1-abcdef01"),
+        ({"kind": "file", "path": "/p/a.b.jpg", "sha256": "0" * 64, "preprocess": "resize", "invert": True},
+         "a.b-00000000-resize-inverted"),
+        ({"kind": "file", "path": "/p/...png", "sha256": "f" * 64, "preprocess": "dataset", "invert": False},
+         "image-ffffffff-not-inverted"),
+        ({"kind": "file", "path": "/p/" + "x" * 60 + ".png", "sha256": "1" * 64, "preprocess": "none"},
+         "x" * 40 + "-11111111-none"),
+    ],
+)
+def test_image_slug_names_a_picture_safely_and_by_how_it_was_prepared(provenance, slug):
+    image = InputImage(tensor=torch.zeros(1, 1, 28, 28), label=None, description="", provenance=provenance)
+    assert image_slug(image) == slug
+
