@@ -321,3 +321,35 @@ def test_patches_of_a_layer_that_sees_more_than_the_image_show_the_image(resnet_
     assert maximized.exit_code == 0, maximized.stderr
     window = json.loads(maximized.stdout)["window"]
     assert window[2] - window[0] == window[3] - window[1] == 115
+
+
+def test_a_big_photo_is_decoded_small_and_predicted_as_from_every_pixel(folder_store, tmp_path, monkeypatch):
+    """A 2400×1800 JPEG for a 24-pixel run is decoded small (DCT scaling), still twice the input size:
+    the same prediction as decoding every pixel, with nearly the same scores."""
+    import numpy as np
+    from helpers import shape_picture
+    from PIL import Image
+
+    from cnnviz_cli.data import reader
+
+    photo = tmp_path / "disc.jpg"
+    Image.fromarray(shape_picture(2, 240, 180, np.random.default_rng(3))).resize(
+        (2400, 1800), Image.Resampling.BICUBIC
+    ).save(photo, quality=90)
+    store, _ = folder_store
+
+    def predict() -> dict:
+        result = cli("predict", photo, "--artifacts", store, "--json", "--notes", "--top", "3")
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)
+
+    small = predict()
+    monkeypatch.setattr(reader, "SHORT_SIDE_MARGIN", 10**9)  # no picture is that big: every pixel decoded
+    full = predict()
+    (small_row,), (full_row,) = small["results"], full["results"]
+    assert small_row["predicted"] == full_row["predicted"] == "red_discs"
+    scores = [{c["class"]: c["probability"] for c in row["top"]} for row in (small_row, full_row)]
+    assert all(abs(scores[0][label] - scores[1][label]) < 0.02 for label in scores[1]), scores
+    # 1/8 by the JPEG decoder: the shorter side stays >= 2 × 24
+    assert small_row["preprocessing"][0] == "decoded at 300×225 of 2400×1800 (plenty for a 24-pixel input)"
+    assert full_row["preprocessing"][0] == "resized 2400×1800 to 32×24 (shorter side 24)"

@@ -254,4 +254,26 @@ def test_big_pictures_can_be_shrunk_while_decoding(tmp_path, name, size, decoded
     assert picture.notes == (
         f"decoded at {decoded[0]}×{decoded[1]} of {size[0]}×{size[1]} (plenty for a 28-pixel input)",
     )
+    assert picture.file_size == size
     assert read_picture(tmp_path / name).width == size[0]  # without max_side, every pixel
+
+
+@pytest.mark.parametrize(
+    "name, size, decoded",
+    [
+        ("photo.jpg", (1000, 600), (250, 150)),  # 1/4: the shorter side stays >= 100
+        ("tall.jpg", (333, 1700), (167, 850)),  # 1/2 (rounded up by the decoder)
+        ("small.jpg", (300, 199), (300, 199)),  # shorter side below twice 100: every pixel
+        ("scan.png", (1000, 600), (1000, 600)),  # only JPEG decodes at a reduced scale here
+    ],
+)
+def test_big_jpegs_keep_their_shorter_side_when_decoded_small(tmp_path, name, size, decoded):
+    values = np.indices(size[::-1]).sum(axis=0) % 256
+    Image.fromarray(values.astype(np.uint8)).save(tmp_path / name)
+    picture = read_picture(tmp_path / name, short_side=100)
+    assert (picture.width, picture.height) == decoded
+    shrunk = decoded != size
+    assert picture.notes == (
+        (f"decoded at {decoded[0]}×{decoded[1]} of {size[0]}×{size[1]} (plenty for a 50-pixel input)",) if shrunk else ()
+    )
+    assert picture.file_size == (size if shrunk else None)  # in the pixels of the file, for notes

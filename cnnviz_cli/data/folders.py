@@ -32,7 +32,7 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 SPLIT_FOLDERS = ("train", "val", "test")
 MAX_DEFAULT_SIZE = 64
 CHANNEL_CHOICES = (1, 3)
-CACHE_FORMAT = "cnnviz-folder-1"
+CACHE_FORMAT = "cnnviz-folder-2"  # 2: big pictures decoded at a reduced scale (reader short_side)
 # Each decoding worker takes this many pictures at a time: big enough to hide the inter-process cost,
 # small enough that the progress bar moves.
 DECODE_CHUNK = 64
@@ -304,9 +304,10 @@ def fit_picture(path: str, size: int, channels: int) -> tuple[np.ndarray, tuple[
     import numpy as np
     from PIL import Image
 
-    from cnnviz_cli.data.reader import read_picture
+    from cnnviz_cli.data.reader import SHORT_SIDE_MARGIN, read_picture
 
-    picture = read_picture(path)
+    # A big photo is decoded at a fraction of its size (JPEG's DCT scaling) that is still far above ``size``.
+    picture = read_picture(path, short_side=SHORT_SIDE_MARGIN * size)
     notes = list(picture.notes)
     if picture.is_colour != (channels == 3):
         notes.append("converted colour to gray" if channels == 1 else "repeated gray into 3 channels")

@@ -24,6 +24,10 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 DEFAULT_MAX_PIXELS = 50_000_000
 """Pictures with more pixels than this are refused before decoding (a 50-megapixel photo still reads)."""
 
+SHORT_SIDE_MARGIN = 2
+"""JPEGs resized on their shorter side to N pixels are decoded with that side at least this times N: the
+resize that follows then averages at least 2×2 decoded pixels into each."""
+
 _ORIENTATION_TAG = 0x0112
 _ORIENTATIONS = {
     2: "mirrored left to right",
@@ -125,26 +129,33 @@ def _flatten_alpha(rgb: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, str]
     return flattened.astype(np.float32), "white" if background else "black"
 
 
-def _decode(image, max_side: int | None, notes: list[str]):
-    """Load the pixels; a picture at least twice ``max_side`` is shrunk by the largest whole factor that keeps
-    it at least ``max_side`` long (JPEG's own reduced decoding, then averaging blocks of pixels)."""
+def _decode(image, max_side: int | None, short_side: int | None, notes: list[str]):
+    """Load the pixels; a picture at least twice ``max_side`` long is shrunk by the largest whole factor
+    that keeps it at least that long (JPEG's own reduced decoding, then averaging blocks of pixels). A
+    JPEG whose shorter side is at least twice ``short_side`` is decoded at the smallest of 1/2, 1/4, 1/8
+    that keeps that side at least ``short_side`` (its DCT scaling keeps the geometry exact; blocks are not
+    averaged after it, as a block that does not divide the size would shift the picture's edges)."""
     width, height = image.size
-    if max_side is None or max(width, height) < 2 * max_side:
+    if short_side is not None:
+        side, keep, purpose = min, short_side, f"a {short_side // SHORT_SIDE_MARGIN}-pixel input"
+    else:
+        side, keep, purpose = max, max_side, "a 28-pixel input"
+    if keep is None or side(width, height) < 2 * keep:
         image.load()
         return image
     if image.format == "JPEG":
-        scale = max_side / max(width, height)
+        scale = keep / side(width, height)
         # Decodes at 1/2, 1/4 or 1/8 of the size, never below the size asked for.
         image.draft(image.mode, (max(1, round(width * scale)), max(1, round(height * scale))))
     image.load()
-    factor = max(image.size) // max_side
+    factor = side(image.size) // keep if short_side is None else 1
     if factor >= 2 and image.mode not in ("P", "PA", "1"):
         try:
             image = image.reduce(factor)
         except ValueError:  # a mode Pillow cannot average in blocks (some 16-bit layouts): keep the full size
             pass
     if image.size != (width, height):
-        notes.append(f"decoded at {image.width}×{image.height} of {width}×{height} (plenty for a 28-pixel input)")
+        notes.append(f"decoded at {image.width}×{image.height} of {width}×{height} (plenty for {purpose})")
     return image
 
 
@@ -196,7 +207,8 @@ def _to_pixels(image, notes: list[str]) -> np.ndarray:
 
 
 def read_picture(
-    path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
+    path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None,
+    short_side: int | None = None,
 ) -> Picture:
     """Decode the picture at ``path`` upright into float pixels in [0, 1]; every failure is a ``DataError``.
 
@@ -204,6 +216,8 @@ def read_picture(
     A picture with several frames (animated GIF, multi-page TIFF) is read from its first frame.
     With ``max_side``, a picture twice as long or longer is shrunk while decoding by a whole factor, to
     between ``max_side`` and twice that (JPEG's own reduced decoding, then averaging blocks of pixels).
+    ``short_side`` does the same for the shorter side (for pictures that are then resized on it to
+    ``short_side / SHORT_SIDE_MARGIN``); it takes precedence over ``max_side``.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -240,7 +254,8 @@ def read_picture(
                     if frames > 1:
                         notes.append(f"read the first of {frames} frames")
                     orientation = image.getexif().get(_ORIENTATION_TAG, 1)
-                    decoded = _decode(image, max_side, notes)
+                    stored = image.size  # a JPEG's size changes when it is decoded at a reduced scale
+                    decoded = _decode(image, max_side, short_side, notes)
                     if orientation in _ORIENTATIONS:
                         decoded = decoded.transpose(Image.Transpose[_TRANSPOSE[orientation]])
                         notes.append(f"{_ORIENTATIONS[orientation]} as its EXIF orientation asks")
@@ -248,7 +263,7 @@ def read_picture(
                     file_format = image.format or path.suffix.lstrip(".").upper()
                     mode = image.mode
                     turned = orientation in (5, 6, 7, 8)
-                    file_size = (image.height, image.width) if turned else (image.width, image.height)
+                    file_size = stored[::-1] if turned else stored
     except DataError:
         raise
     except PermissionError:

@@ -168,7 +168,9 @@ def compute(run: Run, options: EvaluateOptions, on_batch: BatchCallback | None =
         return model, checkpoint, data
 
     with joined(pick_device(options.device)) as comm:
-        model, checkpoint, data = comm.agree(load)  # an error only one process meets is reported as itself
+        # The first process on each machine fills the data caches (an image folder is decoded once), the
+        # others then read them; an error only one process meets is reported as itself.
+        model, checkpoint, data = comm.local_first(load)
         started = time.perf_counter()
         metrics = evaluate_model(
             model, data, batch_size=options.batch_size, on_batch=on_batch, top_mistakes=options.top_mistakes,
