@@ -27,6 +27,7 @@ import socket
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -396,25 +397,27 @@ class Comm:
         only one process meets is reported as itself and not as a peer that vanished."""
         if self.size == 1:
             return work()
-        failure: Exception | None = None
+        failure: CnnvizError | None = None
         mine = None
         try:
             result = work()
         except CnnvizError as exc:
-            failure, mine = exc, (type(exc), exc.message, exc.hint)
-        except Exception as exc:  # a bug: this rank shows its traceback, the others say where to look
-            failure, mine = exc, (CnnvizError, f"failed: {type(exc).__name__}: {_first_line(exc)}", "Its traceback is above.")
+            failure, mine = exc, (type(exc), exc.message, exc.hint, False)
+        except Exception as exc:  # noqa: BLE001 - a bug: every rank raises it with its traceback as text
+            # (a worker printing its own traceback is stopped by the launcher as soon as another exits)
+            what = f"failed with {type(exc).__name__}: {_first_line(exc).rstrip('.')}."
+            mine = (CnnvizError, what, "A bug; the traceback of that process:\n" + traceback.format_exc().rstrip(), True)
         outcomes: list = [None] * self.size
         self._collective("all_gather_object", outcomes, (mine, socket.gethostname()), group=group)
         failed = [rank for rank, (outcome, _host) in enumerate(outcomes) if outcome is not None]
         if not failed:
             return result
         first = failed[0]
-        if first == self.rank:
+        (cls, message, hint, bug), host = outcomes[first]
+        if first == self.rank and not bug:
             raise failure
-        (cls, message, hint), host = outcomes[first]
-        if first != 0:
-            message = f"Process rank {first} (on {host}): {message}"
+        if first != 0 or bug:
+            message = f"Process rank {first} (on {host}) {message}" if bug else f"Process rank {first} (on {host}): {message}"
         raise _rebuilt(cls, message, hint)
 
     def local_first(self, work: Callable[[], T]) -> T:

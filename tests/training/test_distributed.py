@@ -177,27 +177,38 @@ import os
 
 from torch import nn
 
-if os.environ.get("RANK") == "1":
+if os.environ.get("RANK") == "1" and {import_fails}:
     raise ImportError("the vendor library this model needs is not installed here")
 
 
 def make(num_classes, in_channels):
+    if os.environ.get("RANK") == "1":
+        raise RuntimeError("the driver on this machine is too old")
     return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.Flatten(), nn.LazyLinear(num_classes))
 '''
 
 
-def test_under_nproc_the_launcher_reports_the_failing_workers_own_error(tiny_data, tmp_path):
-    (tmp_path / "rankfactory.py").write_text(FACTORY_FAILING_ON_RANK_1)
+@pytest.mark.parametrize("import_fails", [True, False], ids=["module-missing-there", "factory-bug-there"])
+def test_under_nproc_the_launcher_reports_the_failing_workers_own_error(import_fails, tiny_data, tmp_path):
+    (tmp_path / "rankfactory.py").write_text(FACTORY_FAILING_ON_RANK_1.format(import_fails=import_fails))
     store = tmp_path / "artifacts"
     result = cnnviz_subprocess("train", "--data-dir", tiny_data, "--artifacts", store, "--nproc", "2",
                                "--model", "python:rankfactory:make", "--epochs", "1",
                                env=ONE_THREAD, timeout=300, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr  # a usage error: the module cannot be imported there
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: Process rank 1 (on "), result.stderr
-    assert "Cannot import 'rankfactory': the vendor library this model needs is not installed here" in lines[0]
-    assert "Traceback" not in result.stderr and "stopped answering" not in result.stderr
+    assert "stopped answering" not in result.stderr
     assert not any(store.glob("*/manifest.json"))
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("error: Process rank 1 (on "), result.stderr
+    if import_fails:  # a usage error: the module cannot be imported there; one line, no traceback
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "Cannot import 'rankfactory': the vendor library this model needs is not installed here" in first
+    else:  # a bug in the user's factory: reported once, with that process's traceback
+        assert result.returncode == 1, result.stderr
+        assert first.endswith(") failed with RuntimeError: the driver on this machine is too old. A bug; the "
+                              "traceback of that process:")
+        assert result.stderr.count("Traceback (most recent call last)") == 1
+        assert result.stderr.rstrip().endswith("RuntimeError: the driver on this machine is too old")
+        assert 'raise RuntimeError("the driver on this machine is too old")' in result.stderr
 
 
 def test_an_image_folder_is_decoded_once_by_the_first_process(shapes_folder, tmp_path):
