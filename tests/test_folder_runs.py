@@ -304,8 +304,8 @@ def test_patches_of_a_layer_that_sees_more_than_the_image_show_the_image(resnet_
     shutil.copytree(resnet_folder_run[0], store)
     layers = json.loads(cli("layers", "--artifacts", store, "--json").stdout)
     field = next(row["receptive_field"] for row in layers["layers"] if row["name"] == "layer3.0.conv1")
-    result = cli("patches", "--layer", "layer3.0.conv1", "--layer", "layer1.0.conv1", "--artifacts", store,
-                 "--json", "--quiet")
+    result = cli("patches", "--layer", "layer3.0.conv1", "--layer", "layer1.0.conv1", "--top", "2",
+                 "--artifacts", store, "--json", "--quiet")
     assert result.exit_code == 0, result.stderr
     document = json.loads(result.stdout)
     deep, shallow = document["layers"]["layer3.0.conv1"], document["layers"]["layer1.0.conv1"]
