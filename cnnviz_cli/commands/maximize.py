@@ -40,7 +40,7 @@ def main(
 ) -> None:
     """Find by gradient ascent the input that excites each channel of a layer (or each class) most.
 
-    All channels are optimised at once, one image each, for the unit at the centre of the layer's output. Each image stays a valid input (sigmoid pixels; colour: a 1/f Fourier spectrum in a decorrelated colour basis), has to work when shifted by 1 px (at 28 px) or rescaled by 5%, and is kept clean by total-variation and L2 penalties; the same seed gives the same images. Each is set beside the split's images that excite its channel most (from a stored `patches` result when there is one), cropped to the unit's receptive field.
+    All channels are optimised at once, one image each, for the unit at the centre of the layer's output. Each image stays a valid input (sigmoid pixels; colour: a 1/f Fourier spectrum over the data's decorrelated colours, within their usual spread of the mean colour), has to work when shifted by 1 px (at 28 px) or rescaled by 5%, and is kept clean by total-variation and L2 penalties; the same seed gives the same images. Each is set beside the split's images that excite its channel most (from a stored `patches` result when there is one), cropped to the unit's receptive field.
 
     Writes maximize/<layer>.png (maximize/classes.png for --class all) and maximize/<layer>.safetensors (the images as pixels in [0, 1], what they reach, the split's largest activation) in the run folder. Other options than the defaults get their own files, named from them (maximize/conv2.ch0-3.steps64.png, maximize/classes.2+7.png), so an earlier call's pictures stay; a repeat replaces its own.
 

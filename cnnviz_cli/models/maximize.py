@@ -8,17 +8,20 @@ jitter by 8-16 px:
 * The objective of a channel is its unit at the centre of the layer's output map (a "neuron"), so the
   picture is comparable with the dataset patches of the same layer, which are receptive-field crops
   around one unit; the objective of a class is its logit.
-* The image is parameterised so that it is always a valid input: pixels are ``sigmoid(p)`` in [0, 1];
-  for colour images the pre-sigmoid image is built from a Fourier spectrum scaled by 1/frequency and its
-  colours from a decorrelated basis, which makes gradient steps favour smooth, natural colours. The
-  network sees the image after the run's normalisation ((x - mean) / std).
+* The image is parameterised so that it is always a valid input: grayscale pixels are ``sigmoid(p)`` in
+  [0, 1]. A colour image is a Fourier spectrum scaled by 1/frequency over the decorrelated components of
+  the data's colours (``ColourSpace``: centred on the run's recorded mean, scaled by its std, correlated
+  like the data's pixels), each pixel kept within the data's typical spread of its mean colour, so the
+  steps favour smooth colours of the kind the data has rather than clipped primaries. The network sees
+  the image after the run's normalisation ((x - mean) / std).
 * Robustness transforms are scaled to the input: a random shift of up to 1/28 of the side (1 px at
   28 px, 8 px at 224 px) but no more than a tenth of the unit's receptive field (measured by the
   gradient's reach) and a scale change of a few percent, redrawn every step for every image.
 * Penalties, per image: total variation (summed squared differences of neighbouring pixels) and L2
-  (summed squared distance from mid-grey, 0.5), both in [0, 1] pixel units. The objective is divided by
-  the spread of the layer's output on start images, so the penalty weights mean the same on any layer of
-  any network.
+  (summed squared distance from mid-grey, 0.5), both in [0, 1] pixel units; for colour images both in the
+  colour space's components (the L2 one from the mean colour). The objective is divided by the spread of
+  the layer's output on start images (colour: on 1/f noise as varied as the data), so the penalty
+  weights mean the same on any layer of any network.
 * Silent units: a ReLU-like layer is optimised on its input, and for the first steps every ``nn.ReLU``
   also passes the gradient that would make a silent unit fire (Lucid's "redirected ReLU").
 
@@ -46,9 +49,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PARAMETERISATIONS",
+    "ColourSpace",
     "MaximizeConfig",
     "Maximized",
-    "color_basis",
     "dataset_top",
     "find_module",
     "maximize",
@@ -221,26 +224,68 @@ def _check_indices(layer: str | None, indices: Sequence[int], shape: tuple[int, 
     return tuple(dict.fromkeys(int(i) for i in indices)) if indices else tuple(range(count))
 
 
-def color_basis(pixels: torch.Tensor) -> torch.Tensor:
-    """A (C, C) matrix that turns independent components into colours correlated like ``pixels`` (M, C).
-
-    It is the symmetric square root of the colours' covariance, scaled so that its largest column has
-    length 1: optimising in this basis moves along the dataset's main colour directions first.
-    """
+def _square_root(matrix: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+    """The symmetric square root of a symmetric positive semi-definite matrix, its eigenvalues' roots at
+    least ``floor`` times the largest."""
     import torch
 
-    centred = pixels.double() - pixels.double().mean(dim=0)
-    cov = centred.T @ centred / max(1, pixels.shape[0] - 1)
-    values, vectors = torch.linalg.eigh(cov)
-    root = vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
-    norm = root.norm(dim=0).max()
-    if not norm > 0:
-        return torch.eye(pixels.shape[1])
-    return (root / norm).float()
+    values, vectors = torch.linalg.eigh(matrix)
+    roots = values.clamp_min(0).sqrt()
+    roots = roots.clamp_min(float(roots.max()) * floor)
+    return vectors @ torch.diag(roots) @ vectors.T
+
+
+@dataclass(frozen=True)
+class ColourSpace:
+    """Where the colours of a colour image are optimised: a pixel is ``mean + root @ w``, where ``root`` is
+    the symmetric square root of the data's colour covariance, so the components ``w`` are decorrelated and
+    in units of the data's spread: a step in ``w`` changes the colours the way the data's colours vary,
+    not towards pure primaries. The data's own pixels lie at ``|w| = sqrt(C)`` on average (root mean
+    square), and the optimised ones are kept within that length.
+    """
+
+    mean: torch.Tensor  # (C,) the centre: the run's recorded per-channel mean, pixels in [0, 1]
+    root: torch.Tensor  # (C, C) symmetric square root of the colour covariance, invertible
+
+    @classmethod
+    def of_pixels(
+        cls, pixels: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+    ) -> ColourSpace:
+        """The colour space of ``pixels`` (M, C) in [0, 1]: centred on ``mean`` and with each channel's
+        spread ``std`` when given (the run's recorded normalisation), else the pixels' own; the correlations
+        between the channels are the pixels'."""
+        import torch
+
+        pixels = pixels.double()
+        channels = pixels.shape[1]
+        covariance = torch.cov(pixels.T).reshape(channels, channels)
+        centre = pixels.mean(dim=0) if mean is None else torch.as_tensor(mean, dtype=torch.float64)
+        if std is not None:
+            ratio = torch.as_tensor(std, dtype=torch.float64) / covariance.diagonal().sqrt().clamp_min(1e-6)
+            covariance = covariance * torch.outer(ratio, ratio)
+        if not float(covariance.diagonal().max()) > 1e-12:  # one flat colour: no spread to learn from
+            return cls.plain(channels)
+        # A colour direction the data never varies along still gets a little room (and the root an inverse).
+        return cls(centre.float(), _square_root(covariance, floor=0.03).float())
+
+    @classmethod
+    def plain(cls, channels: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> ColourSpace:
+        """Without data: independent channels centred on ``mean`` and scaled by ``std`` when both are given
+        and the mean is inside (0, 1), else on mid-grey with a spread of 0.25."""
+        import torch
+
+        centre, spread = torch.full((channels,), 0.5), torch.full((channels,), 0.25)
+        if mean is not None and std is not None and all(0 < m < 1 for m in mean):
+            centre = torch.as_tensor(mean, dtype=torch.float32).expand(channels).clone()
+            spread = torch.as_tensor(std, dtype=torch.float32).expand(channels).clone()
+        return cls(centre, torch.diag(spread))
 
 
 class _Pixels:
-    """Images as ``sigmoid(logits)``: every value of every step is a valid pixel."""
+    """Images as ``sigmoid(logits)``: every value of every step is a valid pixel. Penalties in pixel units,
+    the L2 one towards mid-grey."""
+
+    REFERENCE = 1.0  # the layer's scale is measured on the start images themselves
 
     def __init__(self, start: torch.Tensor):
         self.logits = start.requires_grad_()
@@ -255,11 +300,26 @@ class _Pixels:
     def __call__(self) -> torch.Tensor:
         return self.logits.sigmoid()
 
+    @staticmethod
+    def penalty(images: torch.Tensor, tv: float, l2: float) -> torch.Tensor:
+        return tv * _total_variation(images) + l2 * (images - 0.5).square().flatten(1).sum(1)
+
 
 class _Fourier:
-    """Images from a spectrum scaled by 1/frequency, with colours in a decorrelated basis, then a sigmoid."""
+    """Images from a spectrum scaled by 1/frequency whose channels are the components ``w`` of a
+    ``ColourSpace``; each pixel's ``w`` is squashed (its direction kept) to a length below sqrt(C), the
+    data's typical one, so the colours stay among the data's. Penalties on ``w``: the L2 one pulls towards
+    the data's mean colour in units of its spread."""
 
-    def __init__(self, start: torch.Tensor, size: tuple[int, int], basis: torch.Tensor | None):
+    # The layer's scale is measured on images whose components spread by about 1 (1/f noise as varied as
+    # the data's colours), not on the nearly flat start images: measured on those, a colour image's
+    # objective outweighed the penalties a hundredfold and drove its colours to the ends of their range.
+    REFERENCE = 100.0
+    # Total variation of ``w`` weighs this part of the tv setting: a component's unit is the data's spread,
+    # several times a pixel unit (at 1, 14 of 32 conv2 channels of the shapes run fell below the best test image).
+    TV_SHARE = 0.2
+
+    def __init__(self, start: torch.Tensor, size: tuple[int, int], colours: ColourSpace):
         import torch
 
         h, w = size
@@ -270,10 +330,12 @@ class _Fourier:
         scale = 1.0 / freq
         self.scale = (scale / scale.square().mean().sqrt()).to(start.device)
         self.spectrum = start.requires_grad_()
-        channels = start.shape[1]
-        self.basis = (basis if basis is not None else torch.eye(channels)).to(start.device)
         self.size = size
         self.params = [self.spectrum]
+        self.root = colours.root.to(start.device)
+        self.whiten = torch.linalg.inv(colours.root.double()).float().to(start.device)
+        self.centre = colours.mean.to(start.device).reshape(1, -1, 1, 1)
+        self.radius = math.sqrt(start.shape[1])
 
     @staticmethod
     def start(shape: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
@@ -286,9 +348,16 @@ class _Fourier:
         import torch
 
         spectrum = torch.view_as_complex(self.spectrum) * self.scale
-        image = torch.fft.irfft2(spectrum, s=self.size, norm="ortho")
-        image = torch.einsum("cd,ndhw->nchw", self.basis, image)
-        return image.sigmoid()
+        components = torch.fft.irfft2(spectrum, s=self.size, norm="ortho")
+        length = components.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        components = components * (self.radius * (length / self.radius).tanh() / length)
+        return (self.centre + torch.einsum("cd,ndhw->nchw", self.root, components)).clamp(0.0, 1.0)
+
+    def penalty(self, images: torch.Tensor, tv: float, l2: float) -> torch.Tensor:
+        import torch
+
+        components = torch.einsum("cd,ndhw->nchw", self.whiten, images - self.centre)
+        return tv * self.TV_SHARE * _total_variation(components) + l2 * components.square().flatten(1).sum(1)
 
 
 class _Adam:
@@ -417,14 +486,15 @@ def maximize(
     mean: Sequence[float] = (0.0,),
     std: Sequence[float] = (1.0,),
     config: MaximizeConfig | None = None,
-    basis: torch.Tensor | None = None,
+    colours: ColourSpace | None = None,
     on_step: BatchCallback | None = None,
 ) -> Maximized:
     """Optimise one input per channel of ``layer`` (per class of the logits when ``layer`` is None).
 
     ``indices``: the channels (or classes); all of them when empty. ``input_shape``: (C, H, W) of one input.
-    ``mean``/``std``: the run's normalisation, one value or one per input channel. ``basis``: colour basis
-    for the Fourier parameterisation (see ``color_basis``), identity when None. The model is used in eval
+    ``mean``/``std``: the run's normalisation, one value or one per input channel. ``colours``: where the
+    Fourier parameterisation optimises colours (``ColourSpace.of_pixels`` of the data); without it, each
+    channel on its own within [0, 1], centred on ``mean`` and scaled by ``std``. The model is used in eval
     mode and left unchanged (its parameters receive no gradients).
     """
     import torch
@@ -443,6 +513,7 @@ def maximize(
     if kind == "auto":
         kind = "pixel" if c == 1 else "fourier"
     parameterisation = _Pixels if kind == "pixel" else _Fourier
+    space = colours if colours is not None else ColourSpace.plain(c, mean, std)
 
     def start(index: int) -> torch.Tensor:
         # Each channel's start image has its own generator, so it is the same whatever else is optimised.
@@ -450,12 +521,12 @@ def maximize(
 
     def make(starts: list[torch.Tensor]):
         batch = torch.stack(starts).to(device)
-        return _Pixels(batch) if kind == "pixel" else _Fourier(batch, (h, w), basis)
+        return _Pixels(batch) if kind == "pixel" else _Fourier(batch, (h, w), space)
 
     image_of = make([start(i) for i in indices])
     # The objective is divided by the spread of the layer's output on the start images of (up to) its
     # first 8 channels: a scale of the layer, not of the channels chosen.
-    reference = make([start(i) for i in range(min(shape[0], 8))])
+    reference = make([parameterisation.REFERENCE * start(i) for i in range(min(shape[0], 8))])
     generator = torch.Generator().manual_seed(config.seed)
     field = None
     scale = config.scale if config.transforms else 0.0
@@ -488,7 +559,7 @@ def maximize(
                 images = image_of()
                 seen = _transform(images, jitter, scale, generator, channels.cpu(), shape[0]) if jitter or scale else images
                 reached = objective(run((seen - mean_t) / std_t)) / norm
-                penalty = config.tv * _total_variation(images) + config.l2 * (images - 0.5).square().flatten(1).sum(1)
+                penalty = image_of.penalty(images, config.tv, config.l2)
                 loss = (penalty - reached).sum()
                 loss.backward()
                 optimizer.step()

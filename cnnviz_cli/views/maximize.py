@@ -296,23 +296,25 @@ def compute(
     import torch
 
     from cnnviz_cli.data.datasets import run_split
-    from cnnviz_cli.models.maximize import color_basis, dataset_top, maximize
+    from cnnviz_cli.models.maximize import ColourSpace, dataset_top, maximize
     from cnnviz_cli.store.checkpoint import load_run_model
 
     model, checkpoint = load_run_model(run, "cpu")
     split = run_split(run.manifest(), options.split, dataset=checkpoint.dataset, data_dir=data_dir, offline=offline)
     shape, mean, std = input_spec(checkpoint)
     images = split.images if split.images.dim() == 4 else split.images.unsqueeze(1)
-    basis = None
-    if shape[0] == 3:  # the colours' own correlations, from (up to) the first 2,048 images
-        basis = color_basis(images[:2048].flatten(2).transpose(1, 2).reshape(-1, 3).float() / 255)
+    colours = None
+    if shape[0] > 1:  # the colours' correlations and range from (up to) the first 2,048 images
+        config = checkpoint.model_config
+        pixels = images[:2048].flatten(2).transpose(1, 2).reshape(-1, shape[0]).float() / 255
+        colours = ColourSpace.of_pixels(pixels, config.mean, config.std)
     indices = options.channels if options.layer else (
         tuple(range(len(checkpoint.classes))) if options.every_class else options.classes
     )
 
     started = time.perf_counter()
     maximized = maximize(
-        model, options.layer, indices, input_shape=shape, mean=mean, std=std, config=options.config, basis=basis,
+        model, options.layer, indices, input_shape=shape, mean=mean, std=std, config=options.config, colours=colours,
         on_step=on_step,
     )
     field = _field(model, checkpoint.model_config, options.layer)
