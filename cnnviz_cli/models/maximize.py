@@ -258,13 +258,15 @@ class ColourSpace:
 
         pixels = pixels.double()
         channels = pixels.shape[1]
+        if pixels.shape[0] < 2:  # no spread to learn from
+            return cls.plain(channels, mean, std)
         covariance = torch.cov(pixels.T).reshape(channels, channels)
         centre = pixels.mean(dim=0) if mean is None else torch.as_tensor(mean, dtype=torch.float64)
         if std is not None:
             ratio = torch.as_tensor(std, dtype=torch.float64) / covariance.diagonal().sqrt().clamp_min(1e-6)
             covariance = covariance * torch.outer(ratio, ratio)
-        if not float(covariance.diagonal().max()) > 1e-12:  # one flat colour: no spread to learn from
-            return cls.plain(channels)
+        if not float(covariance.diagonal().max()) > 1e-12:  # one flat colour
+            return cls.plain(channels, mean, std)
         # A colour direction the data never varies along still gets a little room (and the root an inverse).
         return cls(centre.float(), _square_root(covariance, floor=0.03).float())
 

@@ -237,8 +237,9 @@ def test_colour_space_is_the_datas_covariance_with_the_recorded_spread():
     assert bool(torch.isfinite(torch.linalg.inv(grey_blue.root)).all())
     flat = ColourSpace.of_pixels(torch.full((10, 3), 0.3))
     assert flat.mean.tolist() == [0.5] * 3 and torch.equal(flat.root, torch.diag(torch.full((3,), 0.25)))
-    imagenet = ColourSpace.plain(3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    assert torch.allclose(imagenet.root.diagonal(), torch.tensor([0.229, 0.224, 0.225]))
+    imagenet = ColourSpace.of_pixels(torch.zeros(0, 3), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert torch.allclose(imagenet.root, torch.diag(torch.tensor([0.229, 0.224, 0.225])))
+    assert torch.allclose(imagenet.mean, torch.tensor([0.485, 0.456, 0.406]))
 
 
 def test_colour_images_start_at_the_mean_colour_and_stay_within_the_datas_spread():
