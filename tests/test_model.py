@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -84,3 +88,16 @@ def test_normalisation_is_the_networks_first_step():
     manual = (x - torch.tensor([0.5, 0.4, 0.3]).reshape(1, 3, 1, 1)) / torch.tensor([0.2, 0.25, 0.5]).reshape(1, 3, 1, 1)
     assert torch.allclose(normalising(x), plain(manual), atol=1e-6)
     assert set(normalising.state_dict()) == set(plain.state_dict())
+
+
+def test_building_on_the_meta_device_does_not_import_dynamo():
+    """The shape check before every checkpoint load builds the network on the meta device; initialising
+    weights there would import torch._dynamo, a second of start-up for featuremaps, filters, evaluate..."""
+    code = (
+        "import sys, torch\n"
+        "from cnnviz_cli.models.network import Net\n"
+        "with torch.device('meta'):\n"
+        "    Net()\n"
+        "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
