@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnviz_cli.progress import BatchCallback
-from cnnviz_cli.training.device import autocast, channels_last, match_state_layout, precision_policy
+from cnnviz_cli.training.device import autocast, channels_last, match_state_layout, one_pixel_convolutions
 
 if TYPE_CHECKING:
     from cnnviz_cli.training.distributed import Comm
@@ -87,7 +87,7 @@ def train_epoch(
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     processes = comm.size if comm is not None else 1
-    with channels_last(model, device), precision_policy(model, device, precision):
+    with channels_last(model, device), one_pixel_convolutions(model, device):
         match_state_layout(optimizer)
         for b in range(batches):
             stop = should_stop is not None and should_stop()

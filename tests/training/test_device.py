@@ -12,7 +12,7 @@ from cnnviz_cli.training.device import (
     command_performance,
     conv_output_pixels,
     match_state_layout,
-    precision_policy,
+    one_pixel_convolutions,
 )
 
 
@@ -45,8 +45,40 @@ def test_conv_output_pixels_is_what_the_convolution_gives(conv, size):
     assert conv_output_pixels(conv, size) == out.shape[-1] * out.shape[-2]
 
 
+ONE_PIXEL = [  # (in, out, kernel, stride, padding, dilation, input size): each gives a one-pixel output
+    (8, 4, 3, 1, 1, 1, (1, 1)),
+    (8, 4, 3, 2, 1, 1, (2, 2)),
+    (3, 5, 3, 1, 0, 1, (3, 3)),
+    (2, 3, 3, 1, 2, 2, (1, 1)),
+    (4, 4, 1, 1, 0, 1, (1, 1)),
+    (4, 6, (3, 1), (2, 1), (1, 0), 1, (2, 1)),
+    (5, 2, (2, 4), 3, (0, 1), (1, 2), (2, 5)),
+]
+
+
+@pytest.mark.parametrize(("cin", "cout", "kernel", "stride", "padding", "dilation", "size"), ONE_PIXEL)
+def test_a_one_pixel_convolution_as_a_product_gives_the_convolution_and_its_gradients(
+    cin, cout, kernel, stride, padding, dilation, size
+):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(cin, cout, kernel, stride, padding, dilation)
+    x = torch.randn(5, cin, *size, requires_grad=True)
+    assert conv_output_pixels(conv, size) == 1
+    expected = conv(x)
+    upstream = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, (x, conv.weight, conv.bias), upstream)
+    with one_pixel_convolutions(conv, torch.device("cpu")):
+        assert "forward" in vars(conv)
+        got = conv(x)
+    got_grads = torch.autograd.grad(got, (x, conv.weight, conv.bias), upstream)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected)
+    for a, b in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 class _Tail(torch.nn.Module):
-    """A 4×4 map, then a convolution down to one pixel, then another that keeps one pixel."""
+    """A 4×4 map, then a convolution down to one pixel, then one that keeps it."""
 
     def __init__(self):
         super().__init__()
@@ -55,32 +87,26 @@ class _Tail(torch.nn.Module):
         self.point = torch.nn.Conv2d(4, 4, 3, padding=1)
 
     def forward(self, x):
-        wide = self.wide(x)
-        down = self.down(wide)
-        return wide, down, self.point(down)
+        return self.point(self.down(self.wide(x)))
 
 
-def test_bf16_keeps_one_pixel_convolutions_in_fp32_and_restores_the_model():
-    model, x, cpu = _Tail(), torch.rand(2, 1, 4, 4), torch.device("cpu")
-    with precision_policy(model, cpu, "bf16"), autocast(cpu, "bf16"):
-        wide, down, point = model(x)
-    assert (wide.dtype, down.dtype, point.dtype) == (torch.bfloat16, torch.float32, torch.float32)
+def test_only_one_pixel_layers_change_and_the_model_is_restored_even_after_an_error():
+    model, cpu = _Tail(), torch.device("cpu")
+    calls = []
+    hooks = [getattr(model, n).register_forward_hook(lambda m, i, o, n=n: calls.append((n, tuple(o.shape))))
+             for n in ("wide", "down", "point")]
+    with one_pixel_convolutions(model, cpu), autocast(cpu, "bf16"):
+        out = model(torch.rand(2, 1, 4, 4))
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 4, 1, 1)
+    assert calls == [("wide", (2, 4, 4, 4)), ("down", (2, 4, 1, 1)), ("point", (2, 4, 1, 1))]  # hooks still fire
+    for hook in hooks:
+        hook.remove()
     assert all("forward" not in vars(m) for m in model.modules())
-    with autocast(cpu, "bf16"):  # outside the policy every convolution runs in bf16 again
-        assert {t.dtype for t in model(x)} == {torch.bfloat16}
-    with precision_policy(model, cpu, "fp32"):  # fp32 changes nothing
-        assert all("forward" not in vars(m) for m in model.modules())
-    with pytest.raises(RuntimeError), precision_policy(model, cpu, "bf16"):
+    with pytest.raises(RuntimeError), one_pixel_convolutions(model, cpu):
         raise RuntimeError("boom")
     assert all("forward" not in vars(m) for m in model.modules())
-
-
-def test_bf16_policy_gives_the_fp32_result_on_the_one_pixel_layer():
-    """The layer kept in fp32 computes exactly what it computes without autocast, from the bf16 input it gets."""
-    model, x, cpu = _Tail(), torch.rand(2, 1, 4, 4), torch.device("cpu")
-    with precision_policy(model, cpu, "bf16"), autocast(cpu, "bf16"):
-        wide, down, _ = model(x)
-    assert torch.equal(down, model.down(wide.float()))
+    with one_pixel_convolutions(model, torch.device("meta")):  # other devices: untouched
+        assert all("forward" not in vars(m) for m in model.modules())
 
 
 def test_optimizer_state_is_laid_out_like_its_parameter():
