@@ -132,6 +132,19 @@ def test_resnet18_table_names_and_residual_fields():
     assert table["fc"].parameters == 512 * 10 + 10
     spatial = [row.name for row in layer_table(model, 1, 28) if row.spatial]
     assert spatial[-1] == "layer3"  # layer4 is 1×1 at 28×28
+    # A BasicBlock applies its one ReLU twice (after bn1 and after the sum): the table says so.
+    assert {name for name, row in table.items() if row.calls != 1} == {f"layer{i}.{j}.relu" for i in (1, 2, 3, 4) for j in (0, 1)}
+    assert table["layer1.0.relu"].calls == 2 and table["layer1.0.relu"].to_dict()["calls"] == 2
+
+
+def test_layers_command_marks_a_module_that_runs_twice():
+    from helpers import cli
+
+    result = cli("layers", "--model", "torchvision:resnet18", "--dataset", "fashion-mnist")
+    assert result.exit_code == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "ReLU ×2" in lines["layer1.0.relu"] and "×" not in lines["layer1.0.conv1"].split()[1]
+    assert "runs N times in one forward pass" in result.stdout
 
 
 def test_unknown_layer_names_list_the_closest():

@@ -58,7 +58,7 @@ def main(
         field = row.field
         shape = "×".join(str(s) for s in row.output_shape) if row.output_shape is not None else "-"
         rows.append((
-            row.name, row.type, shape, f"{row.parameters:,}",
+            row.name, row.type + (f" ×{row.calls}" if row.calls > 1 else ""), shape, f"{row.parameters:,}",
             field.label() if field else "-",
             "-" if field is None or field.whole else str(field.jump[0]),
         ))
@@ -73,6 +73,8 @@ def main(
     )
     table.columns[0].no_wrap = table.columns[1].no_wrap = True
     table.caption = "field: receptive field in input pixels (all: the whole image); jump: pixels between units."
+    if any(row.calls > 1 for row in result.layers):
+        table.caption += "\n×N: the module runs N times in one forward pass; output and field are those of its last run."
     if result.adaptations:
         table.caption += "\nAdapted for this input: " + "; ".join(result.adaptations) + "."
     table.caption_justify = "left"

@@ -219,6 +219,7 @@ class LayerInfo:
     output_shape: tuple[int, ...] | None  # without the batch axis
     parameters: int
     field: Field | None
+    calls: int = 1  # a module the forward runs more than once (a shared ReLU): its shape and field are the last run's
 
     @property
     def spatial(self) -> bool:
@@ -233,14 +234,16 @@ class LayerInfo:
             "output_shape": list(self.output_shape) if self.output_shape is not None else None,
             "parameters": self.parameters,
             "receptive_field": self.field.to_dict() if self.field else None,
+            "calls": self.calls,
         }
 
 
 @contextlib.contextmanager
-def capture_outputs(model: nn.Module, names) -> Iterator[dict[str, torch.Tensor]]:
+def capture_outputs(model: nn.Module, names, calls: dict[str, int] | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Record (detached) the output of each named module while the block runs; the hooks always come off.
 
-    A module that runs more than once (a shared ReLU) keeps its last output.
+    A module that runs more than once (a shared ReLU) keeps its last output; ``calls`` (if given) counts
+    the runs of each name.
     """
     captured: dict = {}
     handles = []
@@ -248,6 +251,8 @@ def capture_outputs(model: nn.Module, names) -> Iterator[dict[str, torch.Tensor]
     def hook_for(name: str):
         def hook(_module, _inputs, output):
             captured[name] = output.detach() if hasattr(output, "detach") else output
+            if calls is not None:
+                calls[name] = calls.get(name, 0) + 1
 
         return hook
 
@@ -273,15 +278,17 @@ def layer_table(model: nn.Module, in_channels: int, image_size: int) -> list[Lay
     # A model built on the meta device is probed without allocating anything.
     example = torch.zeros(1, in_channels, image_size, image_size, device=first.device if first is not None else "cpu")
     order: list[str] = []
+    calls: dict[str, int] = {}
     was_training = model.training
     model.eval()
     try:
-        with capture_outputs(model, [name for name, _ in named]) as captured:
+        with capture_outputs(model, [name for name, _ in named], calls) as captured:
             # The hooks live in a dict that also records first-run order (dicts keep insertion order).
             with torch.no_grad():
                 model(example)
             order = list(captured)
             outputs = dict(captured)
+            runs = dict(calls)  # of this one forward pass (tracing below runs the hooks again)
             # Trace with the hooks on: a forward that changes course when observed is traced as observed.
             fields = _graph_fields(model, example)
     finally:
@@ -295,7 +302,7 @@ def layer_table(model: nn.Module, in_channels: int, image_size: int) -> list[Lay
         output = outputs.get(name)
         shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else None
         params = sum(p.numel() for p in module.parameters())
-        table.append(LayerInfo(name, type(module).__name__, shape, params, fields.get(name)))
+        table.append(LayerInfo(name, type(module).__name__, shape, params, fields.get(name), runs.get(name, 1)))
     return table
 
 
