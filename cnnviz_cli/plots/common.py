@@ -24,6 +24,28 @@ def new_figure(width: float, height: float) -> Figure:
     return figure
 
 
+ROWS_PER_BLOCK = 16  # a figure of one row per channel keeps at least this many rows in each block
+ASPECT = 4 / 3  # width / height the side-by-side blocks of a large layer aim for
+
+
+def row_blocks(count: int, block_w: float, row_h: float, gap: float = 0.0) -> tuple[int, int]:
+    """(blocks, rows) for ``count`` rows of width ``block_w`` and height ``row_h``, laid out in blocks side by
+    side: up to 16 rows stay one block; more are split into as many blocks as bring the picture closest to
+    4:3, never of fewer than 16 rows (256 channels in blocks of 16 made a picture 4× wider than tall)."""
+    import math
+
+    if count <= ROWS_PER_BLOCK:
+        return 1, max(count, 1)
+
+    def misfit(blocks: int) -> float:
+        rows = math.ceil(count / blocks)
+        return abs(math.log((blocks * block_w + (blocks - 1) * gap) / (rows * row_h) / ASPECT))
+
+    most = math.ceil(count / ROWS_PER_BLOCK)
+    blocks = min(range(1, most + 1), key=lambda b: (misfit(b), -b))
+    return blocks, math.ceil(count / blocks)
+
+
 def png_bytes(figure: Figure, record: dict | None = None, dpi: int = DPI) -> bytes:
     """``figure`` as PNG bytes; ``record`` (options, checkpoint sha256) goes into the text metadata.
 

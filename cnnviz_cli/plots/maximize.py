@@ -7,14 +7,13 @@ import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.plots.common import new_figure
+from cnnviz_cli.plots.common import new_figure, row_blocks
 
 if TYPE_CHECKING:
     import numpy as np
     from matplotlib.figure import Figure
 
 OUTSIDE = (0.56, 0.74, 0.90)  # pale blue: a part of a field that lies outside the image (as in patches)
-ROWS_PER_BLOCK = 16  # more rows than this are laid out in side-by-side blocks
 TILE_INCHES = 0.72
 TILE_PX = 40  # tiles are enlarged (nearest neighbour) to about this many array pixels
 GAP_PX = 6
@@ -41,10 +40,9 @@ def maximize_figure(
     n, k, size = patches.shape[0], patches.shape[1], patches.shape[2]
     scale = max(1, math.ceil(TILE_PX / size))
     tile = size * scale
-    blocks = math.ceil(n / ROWS_PER_BLOCK)
-    rows = math.ceil(n / blocks)
     cell_w, cell_h = tile + GAP_PX, tile + CAPTION_PX
     block_w = LABEL_PX + tile + SPLIT_PX + k * cell_w
+    blocks, rows = row_blocks(n, block_w, cell_h, 2 * GAP_PX)
     width_px = blocks * block_w + (blocks - 1) * 2 * GAP_PX
     height_px = rows * cell_h
 

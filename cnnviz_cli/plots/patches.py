@@ -6,7 +6,7 @@ import math
 import textwrap
 from typing import TYPE_CHECKING
 
-from cnnviz_cli.plots.common import caption_decimals, new_figure
+from cnnviz_cli.plots.common import caption_decimals, new_figure, row_blocks
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 
 OUTSIDE = (0.56, 0.74, 0.90)  # pale blue: the part of a field that lies outside the image (sees padding zeros)
 # (and, blended in, the part of a whole-image crop that lies outside the unit's field)
-ROWS_PER_BLOCK = 16  # more channels than this are laid out in side-by-side blocks of rows
 TILE_INCHES = 0.72
 TILE_PX = 40  # crops are enlarged (nearest neighbour) to about this many array pixels
 GAP_PX = 6
@@ -39,10 +38,9 @@ def patches_figure(patches: LayerPatches, title: str) -> Figure:
     colour = crops.ndim == 5  # (C, K, 3, size, size)
     scale = _tile_scale(size)
     tile = size * scale
-    blocks = math.ceil(channels / ROWS_PER_BLOCK)
-    rows = math.ceil(channels / blocks)
     cell_w, cell_h = tile + GAP_PX, tile + CAPTION_PX
     block_w = LABEL_PX + k * cell_w
+    blocks, rows = row_blocks(channels, block_w, cell_h, 2 * GAP_PX)
     width_px = blocks * block_w + (blocks - 1) * 2 * GAP_PX
     height_px = rows * cell_h
 
