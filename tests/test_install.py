@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def fenced_commands(text: str) -> list[str]:
-    """The one-line commands of the README's plain ``` blocks (no language tag)."""
-    return [block.strip() for block in re.findall(r"^```\n(.*?)^```", text, flags=re.M | re.S)
+    """The one-line commands of the README's shell blocks (``` or ```bash)."""
+    return [block.strip() for block in re.findall(r"^```(?:bash)?\n(.*?)^```", text, flags=re.M | re.S)
             if "\n" not in block.strip()]
 
 
