@@ -30,15 +30,20 @@ def make_optimizer(model: nn.Module, lr: float, *, plain_cnn: bool) -> torch.opt
     return torch.optim.Adam(model.parameters(), lr=lr, fused=fused or None)
 
 
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The shuffling order of one epoch depends only on (seed, epoch), so a resumed run matches."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.Generator().manual_seed(_epoch_seed(seed, epoch))
 
 
 def seed_random_layers(seed: int, epoch: int) -> None:
     """Dropout and other random layers draw from torch's global generator: seeded per epoch from
-    (seed, epoch), a resumed run draws in each epoch what an uninterrupted run draws."""
-    torch.manual_seed((seed * 1_000_003 + epoch) ^ 0x5EED_5EED)
+    (seed, epoch) (a stream apart from the shuffling's), a resumed run draws in each epoch what an
+    uninterrupted run draws."""
+    torch.manual_seed(_epoch_seed(seed, epoch) ^ 0x5EED_5EED)
 
 
 @dataclass(frozen=True)
