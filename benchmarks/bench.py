@@ -1164,10 +1164,10 @@ class Bench:
         self.pairs(lambda i: run("plain", i), cnnviz_side, opts.repeats)
 
         def ips(variant):
-            return [r["images_per_s"] for r in results[variant]]
+            return column(results, variant, "images_per_s")
 
         def acc(variant):
-            return [r["val_accuracy"] for r in results[variant]]
+            return column(results, variant, "val_accuracy")
 
         label = "plain PyTorch recipe"
         self.add(Row("model_loop", "models", f"{MODEL_SPEC} training loop (fp32)", "img/s", "higher",
@@ -1208,7 +1208,10 @@ class Bench:
         self.pairs(lambda i: run("tutorial", i), cnnviz_side, opts.repeats)
 
         def ips(variant):
-            return [r["images_per_s"] for r in results[variant]]
+            return column(results, variant, "images_per_s")
+
+        def acc(variant):
+            return column(results, variant, "val_accuracy")
 
         threads = {v: "/".join(str(t) for t in sorted({r["threads"] for r in rs})) for v, rs in results.items()}
         def data_share(variant: str) -> float:
@@ -1233,11 +1236,9 @@ class Bench:
             self.add(Row("loop_bf16", "train", "training loop (cnnviz --precision bf16)", "img/s", "higher",
                          baseline=ips("tutorial"), cnnviz=ips("cnnviz-bf16")))
         self.add(Row("loop_acc", "train", "validation accuracy after the loop", "%", "higher",
-                     baseline=[r["val_accuracy"] for r in results["tutorial"]],
-                     cnnviz=[r["val_accuracy"] for r in results["cnnviz"]], ratio_means="",
-                     extra={"bf16": [r["val_accuracy"] for r in results["cnnviz-bf16"]],
-                            "tutorial_threads": [r["val_accuracy"] for r in results["tutorial-threads"]],
-                            "cnnviz_torch_threads": [r["val_accuracy"] for r in results["cnnviz-torch-threads"]]}))
+                     baseline=acc("tutorial"), cnnviz=acc("cnnviz"), ratio_means="",
+                     extra={"bf16": acc("cnnviz-bf16"), "tutorial_threads": acc("tutorial-threads"),
+                            "cnnviz_torch_threads": acc("cnnviz-torch-threads")}))
         self.add(Row("loop_rss", "memory", "training peak RSS (loop process)", "MB", "lower",
                      baseline=[r["process_rss_mb"] for r in results["tutorial"]],
                      cnnviz=[r["process_rss_mb"] for r in results["cnnviz"]], ratio_means="× less"))
@@ -1668,6 +1669,11 @@ def machine_line(m: dict) -> str:
 
 def _row(rows: Sequence[Row], key: str) -> Row | None:
     return next((r for r in rows if r.key == key), None)
+
+
+def column(results: dict[str, list[dict]], variant: str, key: str) -> list[float]:
+    """One measured value of every run of ``variant``, in run order."""
+    return [r[key] for r in results[variant]]
 
 
 def accuracy_tolerance(val_size: int, accuracy: float) -> float:
